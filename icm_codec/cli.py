@@ -1,0 +1,247 @@
+"""``icm``: the project's command-line tool.
+
+Subcommands register themselves in :data:`COMMANDS`; errors print one clear line and exit
+non-zero (2 for bad input, 1 for anything unexpected).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+__all__ = ["COMMANDS", "main"]
+
+COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None],
+                          Callable[[argparse.Namespace], int], str]] = {}
+
+
+def command(name: str, help_text: str):
+    def wrap(fn):
+        COMMANDS[name] = (fn.configure, fn, help_text)
+        return fn
+    return wrap
+
+
+def _load_image(path: str):
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except FileNotFoundError as e:
+        raise ValueError(f"image not found: {path}") from e
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"cannot read image {path}: {e}") from e
+
+
+def _save_image(arr, path: str) -> None:
+    from PIL import Image
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+
+
+def _resolve(name: str | None, kind: str) -> Path:
+    from .registry import default_package, find_package
+
+    return find_package(name, None) if name else default_package(kind)
+
+
+# -- encode ----------------------------------------------------------------------------------
+def _encode_configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("image", help="input image (PNG, JPEG, ...)")
+    p.add_argument("-o", "--output", required=True, help="output .icm file")
+    p.add_argument("--layers", default="base",
+                   help="comma-separated layers to write: base[,enhancement] (default: base)")
+    p.add_argument("--model", help="base model package (path, model id or digest)")
+    p.add_argument("--enhancement", help="enhancement (or residual) model package")
+    p.add_argument("--device", default="cpu")
+
+
+@command("encode", "encode an image into base (and enhancement) layers")
+def _encode(args: argparse.Namespace) -> int:
+    from .api import ScalableCodec
+    from .framefile import pack_frame_file
+
+    layers = [s.strip() for s in args.layers.split(",") if s.strip()]
+    bad = set(layers) - {"base", "enhancement"}
+    if not layers or bad or layers[0] != "base":
+        raise ValueError("--layers must be 'base' or 'base,enhancement'")
+    enh_path = _resolve(args.enhancement, "enhancement") if "enhancement" in layers else None
+    codec = ScalableCodec.load(_resolve(args.model, "base"), enh_path, args.device)
+    frame = _load_image(args.image)
+    out = [codec.encode_base(frame)]
+    if enh_path is not None:
+        out.append(codec.encode_enhancement(frame, out[0]))
+    Path(args.output).write_bytes(pack_frame_file(out))
+    pixels = frame.shape[0] * frame.shape[1]
+    for name, data in zip(layers, out, strict=True):
+        print(f"{name:12s} {len(data):9d} bytes  {8 * len(data) / pixels:.4f} bpp")
+    return 0
+
+
+_encode.configure = _encode_configure  # type: ignore[attr-defined]
+
+
+# -- decode ----------------------------------------------------------------------------------
+def _decode_configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", help=".icm file written by `icm encode`")
+    p.add_argument("--machine", help="write the machine image (PNG) here")
+    p.add_argument("--human", help="write the human image (PNG) here (needs the enhancement)")
+    p.add_argument("--model", help="base model package (default: the one the file names)")
+    p.add_argument("--enhancement", help="enhancement model package (default: as named)")
+    p.add_argument("--device", default="cpu")
+
+
+@command("decode", "decode an .icm file into machine and/or human images")
+def _decode(args: argparse.Namespace) -> int:
+    from .api import ScalableCodec
+    from .bitstream import read_header
+    from .framefile import unpack_frame_file
+    from .registry import find_package
+
+    if not args.machine and not args.human:
+        raise ValueError("nothing to do: pass --machine PATH and/or --human PATH")
+    layers = unpack_frame_file(_read(args.file))
+    headers = [read_header(lay) for lay in layers]
+    base_path = Path(args.model) if args.model else find_package(headers[0].model_digest.hex())
+    enh_path = None
+    if args.human:
+        if len(layers) < 2:
+            raise ValueError(f"{args.file} holds no enhancement layer: re-encode with "
+                             "--layers base,enhancement")
+        enh_path = (Path(args.enhancement) if args.enhancement
+                    else find_package(headers[1].model_digest.hex()))
+    codec = ScalableCodec.load(base_path, enh_path, args.device)
+    if args.machine:
+        _save_image(codec.decode_machine(layers[0]), args.machine)
+        print(f"machine image -> {args.machine}")
+    if args.human:
+        _save_image(codec.decode_human(layers[0], layers[1]), args.human)
+        print(f"human image   -> {args.human}")
+    return 0
+
+
+_decode.configure = _decode_configure  # type: ignore[attr-defined]
+
+
+def _read(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError as e:
+        raise ValueError(f"file not found: {path}") from e
+
+
+# -- info ------------------------------------------------------------------------------------
+def _info_configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", help=".icm file")
+
+
+@command("info", "print the header fields, sizes and bits per pixel of an .icm file")
+def _info(args: argparse.Namespace) -> int:
+    from .bitstream import unpack_layer
+    from .framefile import unpack_frame_file
+
+    data = _read(args.file)
+    layers = unpack_frame_file(data)
+    print(f"{args.file}: {len(data)} bytes, {len(layers)} layer(s)")
+    total = 0
+    for i, raw in enumerate(layers):
+        lay = unpack_layer(raw)
+        h = lay.header
+        px = h.width * h.height
+        total += len(raw)
+        print(f"layer {i + 1}: {h.kind.name.lower()}")
+        print(f"  model        {h.model_id} (digest {h.model_digest.hex()})")
+        print(f"  frame        {h.width}x{h.height} (padded to {h.padded_width}x"
+              f"{h.padded_height}), frame id {h.frame_id}")
+        print(f"  slices       {h.n_slices}")
+        if any(h.parent):
+            print(f"  base layer   {h.parent.hex()}")
+        sizes = ", ".join(str(len(s)) for s in lay.substreams)
+        print(f"  substreams   [{sizes}] bytes (z, slices)")
+        print(f"  size         {len(raw)} bytes, {8 * len(raw) / px:.4f} bpp "
+              f"(total so far {8 * total / px:.4f} bpp)")
+    return 0
+
+
+_info.configure = _info_configure  # type: ignore[attr-defined]
+
+
+# -- model -----------------------------------------------------------------------------------
+def _model_configure(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="action", required=True)
+    init = sub.add_parser("init", help="write a seeded, untrained package (for tests and trials)")
+    init.add_argument("-o", "--output", required=True)
+    init.add_argument("--kind", default="base", choices=["base", "enhancement", "residual",
+                                                         "single"])
+    init.add_argument("--arch", default="lite", choices=["lite", "tcm"])
+    init.add_argument("--N", type=int, default=None, help="transform width")
+    init.add_argument("--m", type=int, default=4, help="enhancement slices (1..5)")
+    init.add_argument("--base", help="base package an enhancement/residual model refines")
+    init.add_argument("--model-id", default="")
+    init.add_argument("--seed", type=int, default=0)
+    sub.add_parser("list", help="list the packages on the search path")
+
+
+@command("model", "create or list model packages")
+def _model(args: argparse.Namespace) -> int:
+    from .registry import list_packages
+
+    if args.action == "list":
+        for info in list_packages():
+            print(f"{info.model_id:28s} {info.kind:12s} {info.digest[:16]}  {info.path}")
+        return 0
+    import torch
+
+    from .config import CodecConfig
+    from .models import create_model
+    from .package import load_package, save_package
+
+    base_digest = ""
+    if args.kind in ("enhancement", "residual"):
+        if not args.base:
+            raise ValueError(f"a {args.kind} model needs --base PATH")
+        base_digest = load_package(args.base).digest
+    kw = {"N": args.N} if args.N else {}
+    cfg = CodecConfig(kind=args.kind, arch=args.arch, m=args.m, model_id=args.model_id,
+                      base_digest=base_digest, meta={"trained": False, "seed": args.seed}, **kw)
+    torch.manual_seed(args.seed)
+    model = create_model(cfg)
+    model.freeze()
+    digest = save_package(model, args.output)
+    print(f"{cfg.model_id} -> {args.output} (digest {digest[:16]})")
+    return 0
+
+
+_model.configure = _model_configure  # type: ignore[attr-defined]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="icm", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (configure, _, help_text) in COMMANDS.items():
+        configure(sub.add_parser(name, help=help_text, description=help_text))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _, run, _ = COMMANDS[args.command]
+    from .errors import ICMError
+
+    try:
+        return int(run(args) or 0)
+    except (ICMError, ValueError, OSError) as e:
+        print(f"icm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

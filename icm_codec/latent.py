@@ -1,0 +1,259 @@
+"""Hyperprior + channel-conditional latent coder with a bit-exact entropy-parameter path.
+
+::
+
+           y ──h_a──► z ──Q──► ẑ ─[EntropyBottleneck: z string]
+                                │
+                               h_s (integer net) ──► hyper features f
+                                │
+    slice k:  [f, ŷ_1..ŷ_{k-1}] ──cc_k (integer net)──► μ_k (1/256 grid), log σ_k (1/8 grid)
+              ŷ_k = round(y_k − μ_k) + μ_k ─[GaussianConditional: slice-k string]
+
+Minnen & Singh, "Channel-wise autoregressive entropy models for learned image compression"
+(ICIP 2020), without latent residual prediction (a float network there would break exactness).
+Everything below the dashed arrows of ``h_s`` and ``cc_k`` runs as exact integer arithmetic when
+coding (see :mod:`icm_codec.intnet`), so ŷ decoded on any machine equals ŷ encoded on the edge.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from compressai.entropy_models import EntropyBottleneck, GaussianConditional
+from torch import Tensor, nn
+
+from .entropy import RansTables
+from .errors import BitstreamError
+from .intnet import ACT_FRAC, IN_BITS, IntConv2d, fake_quant_input, ste_round, to_int_input
+
+__all__ = ["MEAN_FRAC", "SCALE_TABLE", "ChannelConditionalCoder"]
+
+MEAN_FRAC = 8  # means on a 1/256 grid: ŷ = symbol + μ_int / 256 is exact in float32
+LOG_SCALE_FRAC = 3  # log σ on a 1/8 grid: table index = clamp(L_int − L_MIN, 0, T − 1)
+L_MIN = math.floor(math.log(0.11) * 2**LOG_SCALE_FRAC)  # σ_min ≈ 0.105
+L_MAX = math.ceil(math.log(256.0) * 2**LOG_SCALE_FRAC)  # σ_max ≈ 256
+SCALE_TABLE = [math.exp(v / 2**LOG_SCALE_FRAC) for v in range(L_MIN, L_MAX + 1)]
+_Y_LIMIT = 2.0**15  # decoded latents are clamped to a sane range before synthesis
+
+
+def _conv(cin: int, cout: int, k: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2)
+
+
+class _SliceContext(nn.Module):
+    """cc_k: hyper features and earlier slices -> (mean, log-scale) of slice k, integer net."""
+
+    def __init__(self, cin: int, slice_channels: int, hidden: int) -> None:
+        super().__init__()
+        self.body = nn.ModuleList([
+            IntConv2d(cin, hidden, 1, in_bound=2.0**IN_BITS),
+            IntConv2d(hidden, hidden, 3, in_bound=2.0**12),
+        ])
+        self.mean = IntConv2d(hidden, slice_channels, 1, relu=False, out_frac=MEAN_FRAC,
+                              out_bits=24, in_bound=2.0**12)
+        self.log_scale = IntConv2d(hidden, slice_channels, 1, relu=False,
+                                   out_frac=LOG_SCALE_FRAC, out_bits=10, in_bound=2.0**12)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        for layer in self.body:
+            x = layer(x)
+        return self.mean(x), self.log_scale(x)
+
+    def forward_exact(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        for layer in self.body:
+            x = layer.forward_exact(x)
+        return self.mean.forward_exact(x), self.log_scale.forward_exact(x)
+
+
+class _HyperSynthesis(nn.Module):
+    """h_s: ẑ (1/64 of the frame) -> hyper features at the latent resolution (1/16), integer."""
+
+    def __init__(self, hyper_channels: int, hidden: int, features: int) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList([
+            IntConv2d(hyper_channels, hidden, 3, in_bound=2.0**IN_BITS),
+            IntConv2d(hidden, 4 * hidden, 1, in_bound=2.0**12),
+            IntConv2d(hidden, hidden, 3, in_bound=2.0**12),
+            IntConv2d(hidden, 4 * features, 1, in_bound=2.0**12),
+        ])
+
+    def _run(self, x: Tensor, exact: bool) -> Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer.forward_exact(x) if exact else layer(x)
+            if i % 2 == 1:
+                x = F.pixel_shuffle(x, 2)  # a permutation: exact
+        return x
+
+    def forward(self, z_hat: Tensor) -> Tensor:
+        return self._run(fake_quant_input(z_hat), exact=False)
+
+    def forward_exact(self, z_hat: Tensor) -> Tensor:
+        return self._run(to_int_input(z_hat), exact=True)
+
+
+class ChannelConditionalCoder(nn.Module):
+    """Latent coder shared by every codec of the family (one contract: forward/compress/decompress).
+
+    Args:
+        latent_channels: channels M of y (must be a multiple of ``n_slices``).
+        n_slices: number of channel slices coded one after the other.
+        hyper_channels: channels of z.
+        feature_channels: channels of the hyper features f fed to every slice context.
+        context_channels: hidden width of the slice contexts cc_k.
+    """
+
+    def __init__(
+        self,
+        latent_channels: int,
+        n_slices: int,
+        hyper_channels: int = 128,
+        feature_channels: int = 192,
+        context_channels: int = 64,
+    ) -> None:
+        super().__init__()
+        if latent_channels % n_slices:
+            raise ValueError(f"latent_channels {latent_channels} not divisible by {n_slices}")
+        self.latent_channels = latent_channels
+        self.n_slices = n_slices
+        self.slice_channels = s = latent_channels // n_slices
+        nh = hyper_channels
+        self.h_a = nn.Sequential(
+            _conv(latent_channels, nh, 3), nn.LeakyReLU(inplace=True),
+            _conv(nh, nh, 5, 2), nn.LeakyReLU(inplace=True),
+            _conv(nh, nh, 5, 2),
+        )
+        self.entropy_bottleneck = EntropyBottleneck(nh)
+        self.h_s = _HyperSynthesis(nh, 128, feature_channels)
+        self.context = nn.ModuleList(
+            _SliceContext(feature_channels + k * s, s, context_channels) for k in range(n_slices)
+        )
+        self.gaussian_conditional = GaussianConditional(SCALE_TABLE)
+        self._z_tables: RansTables | None = None
+        self._y_tables: RansTables | None = None
+
+    # -- training ----------------------------------------------------------------------------
+    def forward(self, y: Tensor) -> dict[str, Tensor | dict[str, Tensor]]:
+        """Differentiable pass: ŷ (straight-through) and the likelihoods of z and y."""
+        z = self.h_a(y)
+        _, z_likelihoods = self.entropy_bottleneck(z)
+        medians = self.entropy_bottleneck._get_medians()
+        z_hat = ste_round(z - medians) + medians
+        feats = self.h_s(z_hat)
+        y_hats, y_liks, prev = [], [], []
+        for k, y_k in enumerate(y.split(self.slice_channels, dim=1)):
+            mu, log_s = self.context[k](torch.cat([feats, *prev], dim=1))
+            log_s = log_s.clamp(L_MIN / 2**LOG_SCALE_FRAC, L_MAX / 2**LOG_SCALE_FRAC)
+            _, lik = self.gaussian_conditional(y_k, torch.exp(log_s), mu)
+            y_hat_k = ste_round(y_k - mu) + mu
+            y_hats.append(y_hat_k)
+            y_liks.append(lik)
+            prev.append(fake_quant_input(y_hat_k))
+        return {
+            "y_hat": torch.cat(y_hats, dim=1),
+            "likelihoods": {"y": torch.cat(y_liks, dim=1), "z": z_likelihoods},
+        }
+
+    def aux_loss(self) -> Tensor:
+        """Entropy-bottleneck quantile loss (trained with its own optimizer)."""
+        return self.entropy_bottleneck.loss()
+
+    # -- freezing for coding -----------------------------------------------------------------
+    @torch.no_grad()
+    def freeze(self) -> None:
+        """Integer weights and CDF tables: run once after training, saved in the model package."""
+        self.entropy_bottleneck.update(force=True)
+        self.gaussian_conditional.update_scale_table(SCALE_TABLE, force=True)
+        for m in self.modules():
+            if isinstance(m, IntConv2d):
+                m.freeze()
+        self._z_tables = self._y_tables = None
+
+    def _tables(self) -> tuple[RansTables, RansTables]:
+        if self._z_tables is None or self._y_tables is None:
+            eb, gc = self.entropy_bottleneck, self.gaussian_conditional
+            self._z_tables = RansTables(eb._quantized_cdf, eb._cdf_length, eb._offset)
+            self._y_tables = RansTables(gc._quantized_cdf, gc._cdf_length, gc._offset)
+        return self._z_tables, self._y_tables
+
+    def _z_medians(self) -> Tensor:
+        return self.entropy_bottleneck._get_medians().detach().float()
+
+    def _slice_params(self, ctx: _SliceContext, feats: Tensor, prev: list[Tensor]
+                      ) -> tuple[Tensor, Tensor]:
+        mu_int, l_int = ctx.forward_exact(torch.cat([feats, *prev], dim=1))
+        index = (l_int - L_MIN).clamp_(0, len(SCALE_TABLE) - 1)
+        return mu_int, index
+
+    @staticmethod
+    def _as_input(sym: Tensor, mu_int: Tensor) -> Tensor:
+        """Exact integer input of ŷ = sym + μ_int/256 on the ACT_FRAC grid (round half up)."""
+        v = sym.double() * 2**MEAN_FRAC + mu_int
+        step = 2 ** (MEAN_FRAC - ACT_FRAC)
+        return torch.floor((v + step // 2) / step).clamp_(-(2.0**IN_BITS), 2.0**IN_BITS)
+
+    @staticmethod
+    def _dequantize(sym: Tensor, mu_int: Tensor) -> Tensor:
+        y = sym.float() + (mu_int / 2**MEAN_FRAC).float()
+        return y.clamp_(-_Y_LIMIT, _Y_LIMIT)
+
+    # -- coding ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def compress(self, y: Tensor) -> tuple[list[bytes], Tensor]:
+        """Code one latent (batch 1). Returns [z string, slice strings...] and ŷ."""
+        if y.shape[0] != 1:
+            raise ValueError("compress codes one frame at a time")
+        z_tables, y_tables = self._tables()
+        z = self.h_a(y)
+        med = self._z_medians()
+        z_sym = torch.floor(z - med + 0.5).int()
+        c = z.shape[1]
+        z_idx = torch.arange(c, dtype=torch.int32).view(1, c, 1, 1).expand_as(z_sym)
+        strings = [z_tables.encode(z_sym, z_idx)]
+        z_hat = z_sym.float() + med
+        feats = self.h_s.forward_exact(z_hat)
+        prev: list[Tensor] = []
+        y_hats = []
+        for k, y_k in enumerate(y.split(self.slice_channels, dim=1)):
+            mu_int, index = self._slice_params(self.context[k], feats, prev)
+            sym = torch.floor(y_k.double() - mu_int / 2**MEAN_FRAC + 0.5)
+            strings.append(y_tables.encode(sym, index))
+            prev.append(self._as_input(sym, mu_int))
+            y_hats.append(self._dequantize(sym, mu_int))
+        return strings, torch.cat(y_hats, dim=1)
+
+    @torch.no_grad()
+    def decompress(self, strings: list[list[bytes]], latent_hw: tuple[int, int],
+                   device: torch.device | str = "cpu") -> Tensor:
+        """Decode a batch of frames of one size: ``strings[b]`` = [z, slice 1..n] of frame b.
+
+        The integer networks run on the whole batch at once (on ``device``); the result does
+        not depend on the batch composition, the device or the thread count.
+        """
+        z_tables, y_tables = self._tables()
+        h, w = latent_hw
+        if h % 4 or w % 4:
+            raise ValueError("latent size must be a multiple of 4")
+        for s in strings:
+            if len(s) != self.n_slices + 1:
+                raise BitstreamError(
+                    f"expected {self.n_slices + 1} substreams, got {len(s)}")
+        c = self.entropy_bottleneck.channels
+        zh, zw = h // 4, w // 4
+        z_idx = torch.arange(c, dtype=torch.int32).view(c, 1, 1).expand(c, zh, zw)
+        z_sym = torch.stack([z_tables.decode(s[0], z_idx) for s in strings])
+        med = self._z_medians()
+        z_hat = z_sym.float() + med
+        feats = self.h_s.forward_exact(z_hat.to(device))
+        prev: list[Tensor] = []
+        y_hats = []
+        for k in range(self.n_slices):
+            mu_int, index = self._slice_params(self.context[k], feats, prev)
+            index_cpu = index.to("cpu", torch.int32)
+            sym = torch.stack([
+                y_tables.decode(s[k + 1], index_cpu[b]) for b, s in enumerate(strings)
+            ]).to(device)
+            prev.append(self._as_input(sym, mu_int))
+            y_hats.append(self._dequantize(sym, mu_int))
+        return torch.cat(y_hats, dim=1)

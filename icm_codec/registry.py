@@ -1,0 +1,84 @@
+"""Where model packages live and which one to use: one registry, one lookup rule.
+
+Search path: explicit file path > directories in ``$ICM_MODEL_PATH`` (``:``-separated) > the
+packages shipped inside the library (``icm_codec/weights``). ``weights/index.json`` names the
+default package of each kind. Packages are indexed by model id and by digest, so a decoder can
+find the exact weights a bitstream names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ModelPackageError
+
+__all__ = ["PackageInfo", "default_package", "find_package", "list_packages", "search_dirs"]
+
+SHIPPED_DIR = Path(__file__).parent / "weights"
+PACKAGE_SUFFIX = ".icmpkg"
+
+
+@dataclass(frozen=True)
+class PackageInfo:
+    path: Path
+    model_id: str
+    digest: str
+    kind: str
+
+
+def search_dirs() -> list[Path]:
+    extra = [Path(p) for p in os.environ.get("ICM_MODEL_PATH", "").split(os.pathsep) if p]
+    return [*extra, SHIPPED_DIR]
+
+
+def _info(path: Path) -> PackageInfo | None:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            manifest = json.loads(zf.read("manifest.json"))
+            config = json.loads(zf.read("config.json"))
+        return PackageInfo(path, str(manifest["model_id"]), str(manifest["digest"]),
+                           str(config["kind"]))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return None
+
+
+def list_packages(dirs: list[Path] | None = None) -> list[PackageInfo]:
+    out = []
+    for d in dirs if dirs is not None else search_dirs():
+        if d.is_dir():
+            for p in sorted(d.rglob(f"*{PACKAGE_SUFFIX}")):
+                info = _info(p)
+                if info is not None:
+                    out.append(info)
+    return out
+
+
+def find_package(name: str | os.PathLike[str], kind: str | None = None) -> Path:
+    """A file path, a model id or a digest (prefix of at least 8 hex digits) -> package path."""
+    p = Path(name)
+    if p.is_file():
+        return p
+    s = str(name)
+    for info in list_packages():
+        named = info.model_id == s or (len(s) >= 8 and info.digest.startswith(s.lower()))
+        if named and (kind is None or info.kind == kind):
+            return info.path
+    raise ModelPackageError(
+        f"no model package {s!r} found (searched: {', '.join(map(str, search_dirs()))}); "
+        "pass a .icmpkg path, set ICM_MODEL_PATH, or train one with `icm train`")
+
+
+def default_package(kind: str) -> Path:
+    """The package ``weights/index.json`` names as default for ``kind``."""
+    index = SHIPPED_DIR / "index.json"
+    try:
+        name = json.loads(index.read_text())["defaults"][kind]
+    except (OSError, KeyError, ValueError) as e:
+        raise ModelPackageError(
+            f"no default {kind} model is installed; pass --model PATH (a .icmpkg package), "
+            "or train one with `icm train`") from e
+    return find_package(name, kind)

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Install the project into the active Python environment (the recipe from ../shared/ENVIRONMENT.md).
+# torch 2.15.0 + torchvision 0.29.2 are pinned together: an older torch wheel on these machines has
+# no matching torchvision, and compressai / ultralytics import torchvision.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python -m pip install -q --upgrade pip
+python -m pip install -q "torch==2.15.0" "torchvision==0.29.2"
+python -m pip install -q -e ".[edge,cloud,train,dev]"
