@@ -44,7 +44,7 @@ def frame_to_tensor(frame: np.ndarray | object) -> Tensor:
         raise ValueError(f"expected an HxWx3 uint8 RGB frame, got shape {arr.shape} {arr.dtype}")
     if arr.shape[0] < 1 or arr.shape[1] < 1 or arr.shape[0] > 65535 or arr.shape[1] > 65535:
         raise ValueError(f"frame size {arr.shape[1]}x{arr.shape[0]} out of range")
-    t = torch.from_numpy(np.ascontiguousarray(arr[:, :, :3])).permute(2, 0, 1)
+    t = torch.from_numpy(np.array(arr[:, :, :3], copy=True)).permute(2, 0, 1)
     return t.unsqueeze(0).float().div_(255.0)
 
 

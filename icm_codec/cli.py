@@ -17,10 +17,13 @@ COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None],
                           Callable[[argparse.Namespace], int], str]] = {}
 
 
-def command(name: str, help_text: str):
-    def wrap(fn):
-        COMMANDS[name] = (fn.configure, fn, help_text)
+def command(name: str, help_text: str, configure: Callable[[argparse.ArgumentParser], None]):
+    """Register ``fn(args) -> exit code`` as ``icm NAME``; ``configure`` adds its arguments."""
+
+    def wrap(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+        COMMANDS[name] = (configure, fn, help_text)
         return fn
+
     return wrap
 
 
@@ -61,7 +64,7 @@ def _encode_configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu")
 
 
-@command("encode", "encode an image into base (and enhancement) layers")
+@command("encode", "encode an image into base (and enhancement) layers", _encode_configure)
 def _encode(args: argparse.Namespace) -> int:
     from .api import ScalableCodec
     from .framefile import pack_frame_file
@@ -83,8 +86,6 @@ def _encode(args: argparse.Namespace) -> int:
     return 0
 
 
-_encode.configure = _encode_configure  # type: ignore[attr-defined]
-
 
 # -- decode ----------------------------------------------------------------------------------
 def _decode_configure(p: argparse.ArgumentParser) -> None:
@@ -96,7 +97,7 @@ def _decode_configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu")
 
 
-@command("decode", "decode an .icm file into machine and/or human images")
+@command("decode", "decode an .icm file into machine and/or human images", _decode_configure)
 def _decode(args: argparse.Namespace) -> int:
     from .api import ScalableCodec
     from .bitstream import read_header
@@ -125,8 +126,6 @@ def _decode(args: argparse.Namespace) -> int:
     return 0
 
 
-_decode.configure = _decode_configure  # type: ignore[attr-defined]
-
 
 def _read(path: str) -> bytes:
     try:
@@ -140,7 +139,8 @@ def _info_configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", help=".icm file")
 
 
-@command("info", "print the header fields, sizes and bits per pixel of an .icm file")
+@command("info", "print the header fields, sizes and bits per pixel of an .icm file",
+         _info_configure)
 def _info(args: argparse.Namespace) -> int:
     from .bitstream import unpack_layer
     from .framefile import unpack_frame_file
@@ -168,8 +168,6 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
-_info.configure = _info_configure  # type: ignore[attr-defined]
-
 
 # -- model -----------------------------------------------------------------------------------
 def _model_configure(p: argparse.ArgumentParser) -> None:
@@ -187,7 +185,7 @@ def _model_configure(p: argparse.ArgumentParser) -> None:
     sub.add_parser("list", help="list the packages on the search path")
 
 
-@command("model", "create or list model packages")
+@command("model", "create or list model packages", _model_configure)
 def _model(args: argparse.Namespace) -> int:
     from .registry import list_packages
 
@@ -216,8 +214,6 @@ def _model(args: argparse.Namespace) -> int:
     print(f"{cfg.model_id} -> {args.output} (digest {digest[:16]})")
     return 0
 
-
-_model.configure = _model_configure  # type: ignore[attr-defined]
 
 
 def build_parser() -> argparse.ArgumentParser:
