@@ -216,6 +216,145 @@ def _model(args: argparse.Namespace) -> int:
 
 
 
+# -- train -----------------------------------------------------------------------------------
+def _train_configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("kind", choices=["base", "enhancement", "dc", "single"],
+                   help="dc = difference-compression (residual) baseline")
+    p.add_argument("--data", nargs="+", required=True,
+                   help="image folders, image files and/or video files")
+    p.add_argument("--lambda", dest="lmbda", type=float, required=True,
+                   help="rate-distortion trade-off (e.g. 0.0018 ... 0.0483)")
+    p.add_argument("--out", help="run directory (default runs/<kind>-l<lambda>)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--mask", choices=["edges", "objects", "full"],
+                   help="loss mask (default: edges for base, full otherwise)")
+    p.add_argument("--alpha", type=float, default=0.93,
+                   help="edge-mask confidence knob (lower: more segments, more edges)")
+    p.add_argument("--sam-checkpoint", help="Segment Anything checkpoint for edge masks")
+    p.add_argument("--seg-weights", help="instance-segmentation weights for object masks")
+    p.add_argument("--annotations", help="COCO JSON with polygons for object masks")
+    p.add_argument("--base", help="frozen base package (enhancement and dc)")
+    p.add_argument("--arch", default="lite", choices=["lite", "tcm"])
+    p.add_argument("--N", type=int, default=128)
+    p.add_argument("--m", type=int, default=4, help="enhancement slices")
+    p.add_argument("--model-id", default="")
+    p.add_argument("--steps", type=int, default=20000)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--crop", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--checkpoint-minutes", type=float, default=5.0)
+    p.add_argument("--val-every", type=int, default=500)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--export", help="also copy the exported package here")
+
+
+@command("train", "train a codec (resumes from the run directory's last checkpoint)",
+         _train_configure)
+def _train(args: argparse.Namespace) -> int:
+    import shutil
+
+    from .train.trainer import TrainConfig, train
+
+    kind = "residual" if args.kind == "dc" else args.kind
+    cfg = TrainConfig(
+        kind=kind, data=args.data, lmbda=args.lmbda,
+        out=args.out or f"runs/{args.kind}-l{args.lmbda:g}", mask=args.mask or "",
+        alpha=args.alpha, sam_checkpoint=args.sam_checkpoint, seg_weights=args.seg_weights,
+        annotations=args.annotations, base=args.base, arch=args.arch, N=args.N, m=args.m,
+        model_id=args.model_id, steps=args.steps, batch=args.batch, crop=args.crop, lr=args.lr,
+        device=args.device, seed=args.seed, checkpoint_minutes=args.checkpoint_minutes,
+        val_every=args.val_every, threads=args.threads,
+    )
+    path = train(cfg)
+    if args.export:
+        Path(args.export).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, args.export)
+        print(f"copied to {args.export}")
+    return 0
+
+
+# -- eval-rd ---------------------------------------------------------------------------------
+def _eval_rd_configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="folder of test images (e.g. Kodak)")
+    p.add_argument("--out", default="out/rd", help="folder for rd.json and the PNG plots")
+    p.add_argument("--base", nargs="*", help="base packages (default: all installed)")
+    p.add_argument("--enhancement", nargs="*", help="enhancement packages")
+    p.add_argument("--dc", nargs="*", help="difference-compression (residual) packages")
+    p.add_argument("--single", nargs="*", help="single-layer packages")
+    p.add_argument("--limit", type=int, help="use only the first N images")
+    p.add_argument("--no-classical", action="store_true", help="skip JPEG/WebP/AVIF")
+
+
+@command("eval-rd", "rate-distortion evaluation against JPEG, WebP and AVIF", _eval_rd_configure)
+def _eval_rd(args: argparse.Namespace) -> int:
+    from .registry import list_packages
+    from .train.rd import evaluate, load_images, plot, write_report
+
+    installed = list_packages()
+
+    def pick(given: list[str] | None, kind: str) -> list[Path]:
+        if given is not None:
+            return [Path(g) for g in given]
+        return [i.path for i in installed if i.kind == kind]
+
+    images = load_images(args.data, args.limit)
+    result = evaluate(images, bases=pick(args.base, "base"),
+                      enhancements=pick(args.enhancement, "enhancement"),
+                      residuals=pick(args.dc, "residual"), singles=pick(args.single, "single"),
+                      classical=() if args.no_classical else ("JPEG", "WebP", "AVIF"))
+    out = Path(args.out)
+    path = write_report(result, out)
+    plots = plot(result, out)
+    for name, bd in result["bd_rate_percent"].items():
+        txt = ", ".join(f"vs {a}: {v:+.1f}%" for a, v in bd.items())
+        print(f"{name:22s} BD-rate {txt}")
+    for row in result["psnr_by_lambda_m"]:
+        print(f"λ={row['lambda']:g} m={row['m']}: {row['bpp']:.3f} bpp, {row['psnr']:.2f} dB")
+    print(f"wrote {path} and {', '.join(str(p) for p in plots)}")
+    return 0
+
+
+# -- masks -----------------------------------------------------------------------------------
+def _masks_configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", nargs="+", required=True, help="images, folders or videos")
+    p.add_argument("--kind", default="edges", choices=["edges", "objects", "full"])
+    p.add_argument("--alpha", type=float, nargs="+", default=[0.98, 0.93, 0.48],
+                   help="edge-mask knob values to render side by side")
+    p.add_argument("--seg-weights", help="instance-segmentation weights (objects)")
+    p.add_argument("--sam-checkpoint", help="Segment Anything checkpoint (edges)")
+    p.add_argument("-n", type=int, default=4, help="number of examples")
+    p.add_argument("--out", default="out/masks")
+
+
+@command("masks", "render example training masks (image | mask per alpha)", _masks_configure)
+def _masks(args: argparse.Namespace) -> int:
+    import numpy as np
+    from PIL import Image
+
+    from .train.data import load_dataset
+    from .train.masks import MaskMaker
+
+    train, val = load_dataset(args.data, val_fraction=0.0, forbid=(), progress=False)
+    samples = (train + val)[:: max(1, len(train + val) // args.n)][: args.n]
+    alphas = args.alpha if args.kind == "edges" else [args.alpha[0]]
+    makers = [MaskMaker(args.kind, alpha=a, sam_checkpoint=args.sam_checkpoint,
+                        seg_weights=args.seg_weights) for a in alphas]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for i, s in enumerate(samples):
+        tiles = [s.image]
+        for mk in makers:
+            m = mk(s)
+            shown = (s.image * 0.25).astype(np.uint8)
+            shown[m] = s.image[m]
+            tiles.append(shown)
+            print(f"{s.key}: {mk.tag}: {100 * m.mean():.1f}% of pixels in the mask")
+        Image.fromarray(np.concatenate(tiles, axis=1)).save(out / f"mask_{i}.png")
+    print(f"wrote {len(samples)} examples to {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="icm", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)

@@ -121,8 +121,8 @@ class ChannelConditionalCoder(nn.Module):
         nh = hyper_channels
         self.h_a = nn.Sequential(
             _conv(latent_channels, nh, 3), nn.LeakyReLU(inplace=True),
-            _conv(nh, nh, 5, 2), nn.LeakyReLU(inplace=True),
-            _conv(nh, nh, 5, 2),
+            _conv(nh, nh, 3, 2), nn.LeakyReLU(inplace=True),
+            _conv(nh, nh, 3, 2),
         )
         self.entropy_bottleneck = EntropyBottleneck(nh)
         self.h_s = _HyperSynthesis(nh, 128, feature_channels)

@@ -50,9 +50,18 @@ def _exact_dtype(name: str, t: Tensor, half: bool) -> Tensor:
         return t.to(torch.int8)
     if leaf in ("mult", "bias_int", "shift"):
         return t.to(torch.int64)
-    if half and name.startswith(("g_a.", "g_s.")):
-        return t.half()  # transforms are off the exact path: fp16 storage halves the package
+    if half and name.startswith(("g_a.", "g_s.", "coder.h_a.")):
+        return t.half()  # float transforms are off the exact path: fp16 halves the package
     return t  # entropy models, medians, scale table: stored as they are
+
+
+def _training_only(model: nn.Module) -> set[str]:
+    """Float weights of the integer networks: needed to train, never to code (the frozen
+    integer copies are what encoder and decoder use), so packages leave them out."""
+    from .intnet import IntConv2d
+
+    return {f"{name}.{leaf}" for name, m in model.named_modules() if isinstance(m, IntConv2d)
+            for leaf in ("weight", "bias")}
 
 
 def package_digest(config: CodecConfig, state: dict[str, Tensor]) -> str:
@@ -70,7 +79,9 @@ def save_package(model: LayerCodec, path: str | Path, *, half: bool = True) -> s
     """Freeze-check and write ``model`` to ``path``; returns the digest."""
     if not all(m.frozen for m in model.modules() if hasattr(m, "frozen")):
         raise ModelPackageError("model is not frozen: call model.freeze() before saving")
-    state = {k: _exact_dtype(k, v.detach().cpu(), half) for k, v in model.state_dict().items()}
+    skip = _training_only(model)
+    state = {k: _exact_dtype(k, v.detach().cpu(), half) for k, v in model.state_dict().items()
+             if k not in skip}
     digest = package_digest(model.config, state)
     buf = io.BytesIO()
     torch.save(state, buf)
@@ -128,8 +139,13 @@ def load_package(path: str | Path, device: str | torch.device = "cpu") -> ModelP
     _fit_buffers(model, state)
     own = model.state_dict()
     cast = {k: v.to(own[k].dtype) if k in own else v for k, v in state.items()}
+    missing = set(own) - set(cast) - _training_only(model)
+    unexpected = set(cast) - set(own)
+    if missing or unexpected:
+        raise ModelPackageError(f"weights do not fit the architecture in {path}: missing "
+                                f"{sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}")
     try:
-        model.load_state_dict(cast, strict=True)
+        model.load_state_dict(cast, strict=False)
     except RuntimeError as e:
         raise ModelPackageError(f"weights do not fit the architecture in {path}: {e}") from e
     model.eval().to(device)

@@ -1,0 +1,1 @@
+"""Training system: data, masks, the training loop and rate-distortion evaluation."""

@@ -1,0 +1,121 @@
+"""Training system: data split, masks, resumable training, export, BD-rate maths."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from icm_codec.train.data import load_dataset
+from icm_codec.train.masks import MaskMaker, edge_mask, label_boundaries
+from icm_codec.train.rd import RDPoint, bd_rate
+
+
+def test_label_boundaries_are_label_changes() -> None:
+    labels = np.zeros((6, 6), dtype=int)
+    labels[:, 3:] = 1
+    b = label_boundaries(labels)
+    assert b[:, 2].all() and b.sum() == 6
+
+
+def test_lower_alpha_gives_more_edges(photos) -> None:
+    img = photos[0][:256, :256]
+    fractions = [edge_mask(img, alpha=a).mean() for a in (0.98, 0.93, 0.48)]
+    assert fractions[0] <= fractions[1] < fractions[2]
+    assert 0.0 < fractions[0] < 1.0
+
+
+def test_masks_are_cached_on_disk(tmp_path: Path, photos) -> None:
+    from icm_codec.train.data import Sample
+
+    s = Sample("photo0", photos[1][:128, :160])
+    maker = MaskMaker("edges", tmp_path)
+    first = maker(s)
+    assert len(list(tmp_path.rglob("*.npz"))) == 1
+    np.testing.assert_array_equal(MaskMaker("edges", tmp_path)(s), first)
+    full = MaskMaker("full")(s)
+    assert full.all() and full.shape == (128, 160)
+
+
+def test_object_masks_from_yolo_labels(tmp_path: Path) -> None:
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    Image.fromarray(np.zeros((100, 200, 3), np.uint8)).save(tmp_path / "images" / "a.png")
+    (tmp_path / "labels" / "a.txt").write_text("0 0.5 0.5 0.5 0.2\n")
+    train, _ = load_dataset([tmp_path / "images"], val_fraction=0.0, progress=False)
+    mask = MaskMaker("objects")(train[0])
+    assert mask.sum() == pytest.approx(100 * 20, rel=0.1)
+
+
+def test_video_split_by_time(tmp_path: Path) -> None:
+    import cv2
+
+    path = tmp_path / "clip.avi"
+    vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
+    for i in range(100):
+        vw.write(np.full((48, 64, 3), i * 2, np.uint8))
+    vw.release()
+    train, val = load_dataset([path], video_stride=1, video_gap=10, val_fraction=0.2,
+                              progress=False)
+    t_idx = [int(s.key.rsplit("#", 1)[1]) for s in train]
+    v_idx = [int(s.key.rsplit("#", 1)[1]) for s in val]
+    assert max(t_idx) < min(v_idx) - 10  # a gap: no validation frame sits next to training
+    assert len(v_idx) == 20
+
+
+def test_test_set_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "kodak").mkdir()
+    with pytest.raises(ValueError, match="never train"):
+        load_dataset([tmp_path / "kodak"], progress=False)
+
+
+def _images(folder: Path, photos) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, p in enumerate(photos):
+        Image.fromarray(p).save(folder / f"p{i}.png")
+    return folder
+
+
+def test_train_resume_and_export(tmp_path: Path, photos) -> None:
+    from icm_codec import ScalableCodec, load_package
+    from icm_codec.cli import main
+
+    data = _images(tmp_path / "data", photos)
+    run = tmp_path / "runs" / "base"
+    args = ["train", "base", "--data", str(data), "--lambda", "0.01", "--steps", "6",
+            "--batch", "2", "--crop", "64", "--val-every", "3", "--out", str(run)]
+    assert main(args) == 0
+    assert (run / "last.pt").is_file() and (run / "model.icmpkg").is_file()
+    # asking for more steps resumes from the checkpoint instead of starting again
+    args[args.index("6")] = "9"
+    assert main(args) == 0
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert [int(r["step"]) for r in rows if r["val_bpp"]] == [3, 6, 9]
+    pkg = load_package(run / "model.icmpkg")
+    assert pkg.config.meta["steps"] == 9 and pkg.config.meta["mask"] == "edges"
+    codec = ScalableCodec(pkg)
+    out = codec.decode_machine(codec.encode_base(photos[0][:64, :64]))
+    assert out.shape == (64, 64, 3)
+    # the enhancement trains on the frozen base and records which base it refines
+    enh_run = tmp_path / "runs" / "enh"
+    assert main(["train", "enhancement", "--data", str(data), "--lambda", "0.01",
+                 "--steps", "2", "--batch", "2", "--crop", "64", "--m", "2",
+                 "--base", str(run / "model.icmpkg"), "--out", str(enh_run)]) == 0
+    enh = load_package(enh_run / "model.icmpkg")
+    assert enh.config.base_digest == pkg.digest and enh.config.m == 2
+
+
+def _curve(rates: list[float], psnrs: list[float]) -> list[RDPoint]:
+    return [RDPoint("", r, p, math.nan) for r, p in zip(rates, psnrs, strict=True)]
+
+
+def test_bd_rate() -> None:
+    anchor = _curve([0.25, 0.5, 0.75, 1.0], [28.0, 31.0, 33.0, 34.5])
+    assert bd_rate(anchor, anchor) == pytest.approx(0.0, abs=1e-9)
+    half = _curve([0.125, 0.25, 0.375, 0.5], [28.0, 31.0, 33.0, 34.5])
+    assert bd_rate(anchor, half) == pytest.approx(-50.0, abs=1e-6)
+    assert math.isnan(bd_rate(anchor, _curve([1, 2], [40, 41])))
