@@ -58,18 +58,40 @@ def to_int_input(x: Tensor) -> Tensor:
     return q.clamp_(-lim, lim)
 
 
-def _exact_conv(x: Tensor, w: Tensor, padding: int) -> Tensor:
-    """Integer convolution as products and sums only: exact for integer-valued float64 input."""
-    if x.device.type == "cpu":
+_BAND_ELEMENTS = 1 << 23  # im2col elements per band (64 MiB of float64): bounds memory
+
+
+def _conv_products(x: Tensor, w: Tensor, pad: tuple[int, int], unfold: bool | None = None
+                   ) -> Tensor:
+    """One convolution as products and sums only; ``pad`` = (rows, columns). Off the CPU (or
+    with ``unfold=True``) it is an explicit im2col + matmul, so no library can pick Winograd."""
+    if unfold is None:
+        unfold = x.device.type != "cpu"
+    if not unfold:
         # On the CPU float64 convolution is im2col + GEMM (no oneDNN, no Winograd): exact.
-        return F.conv2d(x, w, padding=padding)
-    n, _, h, wd = x.shape
+        return F.conv2d(x, w, padding=pad)
+    n = x.shape[0]
     cout, cin, kh, kw = w.shape
     if kh == 1 and kw == 1:
         return torch.einsum("oc,nchw->nohw", w.view(cout, cin), x)
-    cols = F.unfold(x, (kh, kw), padding=padding)  # n, cin*kh*kw, h*w
-    out = torch.matmul(w.view(cout, -1), cols)
-    return out.view(n, cout, h, wd)
+    h_out = x.shape[2] + 2 * pad[0] - kh + 1
+    w_out = x.shape[3] + 2 * pad[1] - kw + 1
+    cols = F.unfold(x, (kh, kw), padding=pad)  # n, cin*kh*kw, h_out*w_out
+    return torch.matmul(w.view(cout, -1), cols).view(n, cout, h_out, w_out)
+
+
+def _exact_conv(x: Tensor, w: Tensor, padding: int) -> Tensor:
+    """Integer convolution, exact for integer-valued float64 input, in row bands when large
+    (integer results do not depend on how the rows are grouped)."""
+    n, c, h, wd = x.shape
+    k = w.shape[-1]
+    rows = max(1, _BAND_ELEMENTS // max(1, n * c * k * k * wd))
+    if rows >= h:
+        return _conv_products(x, w, (padding, padding))
+    xp = F.pad(x, (0, 0, padding, padding))
+    bands = [_conv_products(xp[:, :, r0 : min(h, r0 + rows) + 2 * padding], w, (0, padding))
+             for r0 in range(0, h, rows)]
+    return torch.cat(bands, dim=2)
 
 
 class IntConv2d(nn.Module):

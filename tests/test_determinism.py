@@ -127,3 +127,30 @@ def test_exact_path_ignores_thread_count_and_batch(trained_packages) -> None:
     assert torch.equal(results[1], results[3])
     assert torch.equal(results[0], torch.round(results[0]))  # integers
     json.dumps({"ok": True})
+
+
+def test_banded_exact_conv_equals_whole(monkeypatch) -> None:
+    """Large latents run the integer convolutions in row bands: same integers."""
+    from icm_codec import intnet
+
+    torch.manual_seed(3)
+    x = torch.randint(-500, 500, (2, 16, 37, 23)).double()
+    w = torch.randint(-127, 128, (8, 16, 3, 3)).double()
+    whole = intnet._exact_conv(x, w, 1)
+    monkeypatch.setattr(intnet, "_BAND_ELEMENTS", 16 * 9 * 23 * 2 * 5)  # 5-row bands
+    banded = intnet._exact_conv(x, w, 1)
+    assert torch.equal(whole, banded)
+    assert torch.equal(whole, torch.nn.functional.conv2d(x, w, padding=1))
+
+
+def test_unfold_path_used_off_cpu_matches() -> None:
+    """The im2col + matmul path that GPUs take gives the same integers as conv2d."""
+    from icm_codec import intnet
+
+    torch.manual_seed(4)
+    x = torch.randint(-4096, 4096, (2, 24, 11, 9)).double()
+    for k in (1, 3):
+        w = torch.randint(-127, 128, (5, 24, k, k)).double()
+        for pad in ((k // 2, k // 2), (0, k // 2)):
+            ref = intnet._conv_products(x, w, pad, unfold=False)
+            assert torch.equal(intnet._conv_products(x, w, pad, unfold=True), ref)
