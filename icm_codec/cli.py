@@ -355,7 +355,23 @@ def _masks(args: argparse.Namespace) -> int:
     return 0
 
 
+# Service packages add their own subcommands by importing ``command`` from here.
+PLUGIN_MODULES = ("analytics.cli", "edge_encoder.cli", "cloud_decoder.cli")
+
+
+def _load_plugins() -> None:
+    import importlib
+
+    for name in PLUGIN_MODULES:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name is None or not name.startswith(e.name):
+                raise  # the package exists but something it needs is missing: say so
+
+
 def build_parser() -> argparse.ArgumentParser:
+    _load_plugins()
     parser = argparse.ArgumentParser(prog="icm", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (configure, _, help_text) in COMMANDS.items():
