@@ -395,4 +395,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run as a module: plugins register in `icm_codec.cli`, not in `__main__`
+    from icm_codec.cli import main as _main
+
+    sys.exit(_main())

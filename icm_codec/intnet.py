@@ -176,6 +176,20 @@ class IntConv2d(nn.Module):
         self.bias_int = torch.round(bias_real * 2.0**shift) + (2.0 ** (shift - 1) if shift else 0)
         self.shift = torch.tensor(float(shift), dtype=torch.float64)
 
+    @torch.no_grad()
+    def restore_float(self) -> None:
+        """Rebuild the float weights from the frozen integers (packages ship only those).
+
+        The training path then reproduces the integer network: the largest weight of each
+        channel is +-127 steps, so re-quantising gives back exactly ``w_int``.
+        """
+        shift = self.shift.item()
+        scale = self.mult / 2.0 ** (shift + self.out_frac - ACT_FRAC)
+        self.weight.copy_((self.w_int * scale.view(-1, 1, 1, 1)).to(self.weight.dtype))
+        half = 2.0 ** (shift - 1) if shift else 0.0
+        self.bias.copy_(((self.bias_int - half) / 2.0 ** (shift + self.out_frac))
+                        .to(self.bias.dtype))
+
     @property
     def frozen(self) -> bool:
         return self.w_int.numel() > 0

@@ -148,5 +148,10 @@ def load_package(path: str | Path, device: str | torch.device = "cpu") -> ModelP
         model.load_state_dict(cast, strict=False)
     except RuntimeError as e:
         raise ModelPackageError(f"weights do not fit the architecture in {path}: {e}") from e
+    from .intnet import IntConv2d
+
+    for m in model.modules():
+        if isinstance(m, IntConv2d):
+            m.restore_float()  # training path (fine-tuning, frozen-base references) = exact path
     model.eval().to(device)
     return ModelPackage(model=model, config=config, digest=digest)

@@ -1,0 +1,34 @@
+"""Cloud analytics on machine images: YOLO detection and segmentation, COCO mAP, benchmarks.
+
+::
+
+    from analytics import Detector, MultiDetector
+    det = Detector("yolo11n", weights_dir="../shared/assets/detectors")   # or a .pt path
+    results = det.detect(frames)          # frames: HxWx3 uint8 RGB -> [FrameResult]
+    results[0].to_dict()                  # class id/name, score, box, mask polygons/RLE
+
+Weights never download by surprise: see :mod:`analytics.weights`.
+"""
+
+from .detector import Detector, MultiDetector, polygons_to_rle
+from .errors import AnalyticsError, WeightsNotFoundError
+from .metrics import MapResult, coco_map, load_yolo_labels
+from .results import Detection, FrameResult
+from .weights import KNOWN_WEIGHTS, downloads_allowed, ensure_offline_env, resolve_weights
+
+__all__ = [
+    "KNOWN_WEIGHTS",
+    "AnalyticsError",
+    "Detection",
+    "Detector",
+    "FrameResult",
+    "MapResult",
+    "MultiDetector",
+    "WeightsNotFoundError",
+    "coco_map",
+    "downloads_allowed",
+    "ensure_offline_env",
+    "load_yolo_labels",
+    "polygons_to_rle",
+    "resolve_weights",
+]

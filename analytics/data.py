@@ -1,0 +1,145 @@
+"""Evaluation images: sampled video frames, a folder of photos, a YOLO-labelled set (COCO8).
+
+Video frames and photos have no labels: they are scored against pseudo-ground-truth (each model
+on the original images). A labelled set carries its ground truth from YOLO label files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import AnalyticsError
+from .metrics import load_yolo_labels
+from .results import FrameResult
+
+__all__ = ["IMAGE_SUFFIXES", "EvalImage", "EvalSet", "load_labelled", "load_photos",
+           "sample_video"]
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+@dataclass
+class EvalImage:
+    key: str
+    image: np.ndarray  # HxWx3 uint8 RGB
+    labels: FrameResult | None = None
+
+
+@dataclass
+class EvalSet:
+    """A named set of images; ``labelled`` sets are scored against their labels."""
+
+    name: str
+    images: list[EvalImage] = field(default_factory=list)
+    source: str = ""
+
+    @property
+    def labelled(self) -> bool:
+        return bool(self.images) and all(im.labels is not None for im in self.images)
+
+    @property
+    def reference(self) -> str:
+        return "labels" if self.labelled else "pseudo-ground-truth"
+
+
+def _evenly(n_total: int, n: int | None) -> list[int]:
+    if n is None or n <= 0 or n >= n_total:
+        return list(range(n_total))
+    return sorted({round(i * (n_total - 1) / max(n - 1, 1)) for i in range(n)})
+
+
+def _fit(img: np.ndarray, max_side: int | None) -> np.ndarray:
+    """Shrink so the long side is at most ``max_side`` (Lanczos); small images stay as they are."""
+    if not max_side or max(img.shape[:2]) <= max_side:
+        return img
+    from PIL import Image
+
+    h, w = img.shape[:2]
+    s = max_side / max(h, w)
+    size = (max(1, round(w * s)), max(1, round(h * s)))
+    return np.asarray(Image.fromarray(img).resize(size, Image.LANCZOS))
+
+
+def _read_image(path: Path) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as e:
+        raise AnalyticsError(f"cannot read image {path}: {e}") from e
+
+
+def sample_video(path: str | Path, n: int | None, max_side: int | None = None,
+                 name: str | None = None) -> EvalSet:
+    """``n`` frames spread evenly over the whole video (all frames if ``n`` is None).
+
+    Frames are read in order rather than seeked to: seeking in MPEG-4 AVI lands on key frames.
+    """
+    import cv2
+
+    p = Path(path)
+    if not p.is_file():
+        raise AnalyticsError(f"video not found: {p}")
+    cap = cv2.VideoCapture(str(p))
+    try:
+        total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        if not cap.isOpened() or total <= 0:
+            raise AnalyticsError(f"cannot read video {p} (OpenCV opened no frames)")
+        wanted = set(_evenly(total, n))
+        images = []
+        for i in range(max(wanted) + 1):
+            if not cap.grab():
+                break
+            if i in wanted:
+                ok, bgr = cap.retrieve()
+                if ok:
+                    rgb = np.ascontiguousarray(bgr[:, :, ::-1])
+                    images.append(EvalImage(f"{p.stem}#{i}", _fit(rgb, max_side)))
+    finally:
+        cap.release()
+    if not images:
+        raise AnalyticsError(f"no frames could be decoded from {p}")
+    return EvalSet(name or p.stem, images, str(p))
+
+
+def _image_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise AnalyticsError(f"image folder not found: {folder}")
+    files = sorted(f for f in folder.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise AnalyticsError(f"no images in {folder}")
+    return files
+
+
+def load_photos(folder: str | Path, n: int | None, max_side: int | None = None,
+                name: str = "photos") -> EvalSet:
+    """``n`` photos spread evenly over the sorted folder (searched recursively)."""
+    files = _image_files(Path(folder))
+    picked = [files[i] for i in _evenly(len(files), n)]
+    images = [EvalImage(f.name, _fit(_read_image(f), max_side)) for f in picked]
+    return EvalSet(name, images, str(folder))
+
+
+def load_labelled(folder: str | Path, n: int | None, names: dict[int, str] | None = None,
+                  max_side: int | None = None, name: str = "coco8") -> EvalSet:
+    """A YOLO dataset folder (``images/...`` with ``labels/...`` beside it, as in COCO8).
+
+    Labels are normalised, so shrinking an image keeps them valid.
+    """
+    root = Path(folder)
+    img_root = root / "images"
+    if not img_root.is_dir() or not (root / "labels").is_dir():
+        raise AnalyticsError(f"{root} is not a YOLO dataset: it needs images/ and labels/")
+    files = _image_files(img_root)
+    picked = [files[i] for i in _evenly(len(files), n)]
+    images = []
+    for f in picked:
+        img = _fit(_read_image(f), max_side)
+        label = root / "labels" / f.relative_to(img_root).with_suffix(".txt")
+        gt = load_yolo_labels(label, img.shape[:2], names, f.name)
+        images.append(EvalImage(f.name, img, gt))
+    return EvalSet(name, images, str(root))

@@ -1,0 +1,247 @@
+"""Outputs of ``icm eval-machine``: ``machine.json``, PNG plots and a readable ``report.md``."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+__all__ = ["plot_machine", "write_machine_outputs", "write_markdown"]
+
+_ORDER = ("base", "human", "JPEG", "WebP", "AVIF")
+
+
+def _ordered(codecs: list[str]) -> list[str]:
+    return sorted(codecs, key=lambda c: (_ORDER.index(c) if c in _ORDER else len(_ORDER), c))
+
+
+def _f(v: float | None, nd: int = 3) -> str:
+    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{nd}f}"
+
+
+def _keep_cell(cell: dict[str, Any], codec: str) -> str:
+    if cell["bpp"] is None:
+        if cell.get("best_map") is not None:
+            return f"not reached (best {cell['best_map']:.3f} at {cell['at_bpp']:.3f} bpp)"
+        return cell["bound"]
+    prefix = "≤ " if cell["bound"] == "<=" else ""
+    text = f"{prefix}{cell['bpp']:.3f}"
+    if codec != "JPEG" and cell.get("ratio") is not None:
+        rb = {"=": "", "<=": "≤ ", ">=": "≥ ", "~": "~"}[cell["ratio_bound"]]
+        text += f" ({rb}{cell['ratio']:.2f}× JPEG)"
+    return text
+
+
+def _views_for_tables(result: dict, set_name: str, model: str) -> list[str]:
+    return [v for v in result["curves"][set_name][model] if "/" not in v]
+
+
+def write_markdown(result: dict[str, Any], path: str | Path,
+                   plots: list[Path] | None = None) -> Path:
+    """A report a person can read: target, bpp to keep 95%, rate–accuracy, robustness."""
+    st = result["settings"]
+    keep_pct = f"{100 * st['keep']:.0f}%"
+    codecs = _ordered(result["codecs"])
+    lines = ["# Machine-vision benchmark (`icm eval-machine`)", ""]
+    lines += [f"Models: {', '.join(st['models'])} (imgsz {st['imgsz']}, {st['device']}; "
+              f"predictions at conf ≥ {st['pred_conf']:g}, pseudo-ground-truth at conf ≥ "
+              f"{st['gt_conf']:g}). mAP is COCO mAP@[.50:.95] (pycocotools) unless it says "
+              "mAP50. Bits per pixel come from real bytes (layer containers, Pillow files).", ""]
+    lines += ["| set | reference | images | sizes |", "|---|---|---|---|"]
+    for name, s in result["sets"].items():
+        lines.append(f"| {name} | {s['reference']} | {len(s['images'])} | "
+                     f"{', '.join(s['sizes'])} |")
+    lines.append("")
+    untrained = [p["label"] for p in result["points"]
+                 if p["codec"] in ("base", "human") and p["params"].get("trained") is not True]
+    if untrained:
+        lines += [f"> **Untrained (seeded) packages** (not marked as trained): "
+                  f"{', '.join(untrained)}. Their numbers test the pipeline, not the method.", ""]
+
+    tg = result["target"]
+    lines += ["## Target", "", f"Goal: at {keep_pct} of the original-image mAP on "
+              f"`{tg['set']}` ({tg['model']}), the base layer needs at most 0.5× JPEG's bpp.", ""]
+    for t in (tg, tg.get("person")):
+        if not t:
+            continue
+        base, jpeg = t.get("base"), t.get("jpeg")
+        verdict = {True: "**met**", False: "**not met**", None: "**undetermined**"}[t.get("met")]
+        detail = (f"base layer {_keep_cell(base, 'base')}; JPEG "
+                  f"{_keep_cell(jpeg, 'JPEG') if jpeg else 'not measured'}" if base is not None
+                  else "no base-layer rate point was measured")
+        lines.append(f"- {t['view']} mAP: {verdict} ({detail}).")
+    lines.append("")
+
+    lines += [f"## Bits per pixel to keep {keep_pct} of the original-image mAP", "",
+              "Interpolated over log bpp on each codec's curve; the last upward crossing "
+              "(curves against pseudo-ground-truth are not monotone). “≤” means already kept at "
+              "the lowest rate measured.", ""]
+    for set_name, per_model in result["bpp_to_keep"].items():
+        lines += [f"### {set_name}", "", "| model (view) | original mAP | "
+                  + " | ".join(codecs) + " |", "|---|---|" + "---|" * len(codecs)]
+        for model, per_view in per_model.items():
+            for view, row in per_view.items():
+                ref = row["_reference"]["original_map"]
+                cells = [_keep_cell(row[c], c) for c in codecs]
+                lines.append(f"| {model} ({view}) | {_f(ref)} | " + " | ".join(cells) + " |")
+        lines.append("")
+
+    lines += ["## Rate–accuracy", "", "mAP@[.50:.95] / mAP50 of each model on the decoded "
+              "images, per rate point.", ""]
+    for set_name in result["sets"]:
+        cols = [(m, v) for m in st["models"] for v in _views_for_tables(result, set_name, m)]
+        first = st["models"][0]
+        if "box/person" in result["curves"][set_name][first]:
+            cols.append((first, "box/person"))
+        head = " | ".join(f"{m} {v}" for m, v in cols)
+        lines += [f"### {set_name}", "", f"| codec | point | bpp | {head} |",
+                  "|---|---|---|" + "---|" * len(cols)]
+        orig = result["original"][set_name]
+        lines.append("| original | — | — | " + " | ".join(
+            f"{_f(orig[m][v]['map'])} / {_f(orig[m][v]['map50'])}" for m, v in cols) + " |")
+        for p in sorted(result["points"], key=lambda p: (_ordered(codecs).index(p["codec"]),
+                                                         p["bpp"][set_name])):
+            met = p["metrics"][set_name]
+            cells = " | ".join(f"{_f(met[m][v]['map'])} / {_f(met[m][v]['map50'])}"
+                               for m, v in cols)
+            lines.append(f"| {p['codec']} | {p['label']} | {p['bpp'][set_name]:.3f} | {cells} |")
+        lines.append("")
+
+    lines += ["## Robustness: one base layer, every model (matched bpp)", "",
+              "mAP@[.50:.95] of each model under each codec at the base layer's bpp "
+              "(other codecs interpolated on their curves; — where their sweep does not reach "
+              "that rate).", ""]
+    if not result["robustness"]:
+        lines += ["No base-layer rate point was measured.", ""]
+    for rob in result["robustness"]:
+        cs = ["original", *codecs]
+        lines += [f"### {rob['set']}, base {rob['base']} at {rob['bpp']:.3f} bpp", "",
+                  "| model (view) | " + " | ".join(cs) + " |", "|---|" + "---|" * len(cs)]
+        for row_name, row in rob["table"].items():
+            lines.append(f"| {row_name} | " + " | ".join(_f(row.get(c)) for c in cs) + " |")
+        lines.append("")
+
+    tm = result["timing"]
+    lines += ["## Timing", "", f"Total {tm['total_seconds']:.0f} s. Detection per frame: "
+              + ", ".join(f"{m} {ms:.0f} ms" for m, ms in tm["detect_ms_per_frame"].items())
+              + ".", ""]
+    if plots:
+        lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
+    out = Path(path)
+    out.write_text("\n".join(lines))
+    return out
+
+
+def plot_machine(result: dict[str, Any], out_dir: str | Path) -> list[Path]:
+    """mAP versus bpp per set (one panel per model and view) and the bpp-to-keep summary."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    out_dir = Path(out_dir)
+    keep = result["settings"]["keep"]
+    codecs = _ordered(result["codecs"])
+    colors = {c: f"C{i}" for i, c in enumerate(codecs)}
+    paths = []
+    for set_name, per_model in result["curves"].items():
+        panels = [(m, v) for m in per_model for v in per_model[m] if "/" not in v]
+        ncol = min(3, len(panels))
+        nrow = math.ceil(len(panels) / ncol)
+        fig, axes = plt.subplots(nrow, ncol, figsize=(5 * ncol, 3.8 * nrow), squeeze=False)
+        for ax, (m, v) in zip(axes.flat, panels, strict=False):
+            for c in codecs:
+                pts = [x for x in per_model[m][v].get(c, []) if x[1] is not None]
+                if pts:
+                    ax.plot([x[0] for x in pts], [x[1] for x in pts], marker="o", ms=3,
+                            label=c, color=colors[c])
+            ref = result["original"][set_name][m][v]["map"]
+            if ref is not None:
+                ax.axhline(ref, color="k", lw=0.8, ls=":", label="original")
+                ax.axhline(keep * ref, color="grey", lw=0.8, ls="--",
+                           label=f"{100 * keep:.0f}% of original")
+            ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+            ax.set_title(f"{set_name}: {m} ({v})", fontsize=10)
+            ax.set_xlabel("bits per pixel (real bytes)")
+            ax.set_ylabel("mAP@[.50:.95]")
+            ax.grid(alpha=0.3, which="both")
+        for ax in list(axes.flat)[len(panels):]:
+            ax.axis("off")
+        axes.flat[0].legend(fontsize=8)
+        fig.tight_layout()
+        p = out_dir / f"map_vs_bpp_{_safe(set_name)}.png"
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        paths.append(p)
+
+    tg = result["target"]
+    per_model = result["bpp_to_keep"][tg["set"]]
+    models = list(per_model)
+    fig, ax = plt.subplots(figsize=(min(11.0, 2.0 + 1.5 * len(codecs)), 4.2))
+    width = 0.8 / max(1, len(models))
+    for j, m in enumerate(models):
+        row = per_model[m]["box"]
+        labelled = False
+        for i, c in enumerate(codecs):
+            cell = row.get(c)
+            x = i + (j - (len(models) - 1) / 2) * width
+            if cell is None or cell["bpp"] is None:
+                ax.text(x, 0, "n/r", ha="center", va="bottom", fontsize=7, rotation=90)
+                continue
+            ax.bar(x, cell["bpp"], width, color=f"C{j}", label=None if labelled else m,
+                   hatch="//" if cell["bound"] == "<=" else None)
+            labelled = True
+            if c != "JPEG" and cell.get("ratio") is not None:
+                ax.text(x, cell["bpp"], f"{cell['ratio']:.2f}×", ha="center", va="bottom",
+                        fontsize=7)
+    ax.set_xticks(range(len(codecs)), codecs)
+    ax.set_xlim(-0.6, len(codecs) - 0.4)
+    ax.set_ylabel(f"bpp to keep {100 * keep:.0f}% of original box mAP")
+    ax.set_title(f"{tg['set']}: bpp needed (ratio to JPEG); hatched = upper bound, "
+                 "n/r = not reached", fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    p = out_dir / "bpp_to_keep.png"
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    paths.append(p)
+    return paths
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "item"):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
+
+
+def _nan_to_none(o: Any) -> Any:
+    if isinstance(o, float) and (math.isnan(o) or math.isinf(o)):
+        return None
+    if isinstance(o, dict):
+        return {k: _nan_to_none(v) for k, v in o.items()}
+    if isinstance(o, list | tuple):
+        return [_nan_to_none(v) for v in o]
+    return o
+
+
+def write_machine_outputs(result: dict[str, Any], out_dir: str | Path) -> dict[str, Any]:
+    """``machine.json`` (strict JSON: NaN becomes null), the plots and ``report.md``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    clean = _nan_to_none(result)
+    js = out / "machine.json"
+    js.write_text(json.dumps(clean, indent=1, default=_json_default, allow_nan=False))
+    plots = plot_machine(clean, out)
+    md = write_markdown(clean, out / "report.md", plots)
+    return {"json": js, "plots": plots, "report": md}

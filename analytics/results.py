@@ -1,0 +1,102 @@
+"""Plain result objects the cloud passes on: no tensors, no Ultralytics types, JSON-ready.
+
+Boxes are ``(x1, y1, x2, y2)`` in pixels of the frame that was analysed. Masks are COCO-style
+polygons (one flat ``[x0, y0, x1, y1, ...]`` list per part) and/or a COCO RLE
+(``{"size": [h, w], "counts": str}``), also in frame pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Detection", "FrameResult"]
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One object found in one frame."""
+
+    class_id: int
+    class_name: str
+    score: float
+    box_xyxy: tuple[float, float, float, float]
+    mask_polygons: list[list[float]] | None = None
+    mask_rle: dict[str, Any] | None = None
+
+    @property
+    def box_xywh(self) -> tuple[float, float, float, float]:
+        x1, y1, x2, y2 = self.box_xyxy
+        return (x1, y1, x2 - x1, y2 - y1)
+
+    @property
+    def has_mask(self) -> bool:
+        return self.mask_polygons is not None or self.mask_rle is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "class_id": self.class_id,
+            "class_name": self.class_name,
+            "score": round(float(self.score), 5),
+            "box_xyxy": [round(float(v), 2) for v in self.box_xyxy],
+        }
+        if self.mask_polygons is not None:
+            out["mask_polygons"] = [[round(float(v), 1) for v in p] for p in self.mask_polygons]
+        if self.mask_rle is not None:
+            out["mask_rle"] = dict(self.mask_rle)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Detection:
+        box = tuple(float(v) for v in d["box_xyxy"])
+        if len(box) != 4:
+            raise ValueError(f"box_xyxy needs 4 numbers, got {len(box)}")
+        return cls(int(d["class_id"]), str(d.get("class_name", "")), float(d["score"]),
+                   box, d.get("mask_polygons"), d.get("mask_rle"))  # type: ignore[arg-type]
+
+
+@dataclass
+class FrameResult:
+    """Everything one model found in one frame.
+
+    ``image_size`` is ``(height, width)`` of the analysed frame; ``frame_id`` is whatever the
+    caller uses to name the frame (an index, a camera timestamp, a file name).
+    """
+
+    model_name: str
+    image_size: tuple[int, int]
+    detections: list[Detection] = field(default_factory=list)
+    frame_id: str | int | None = None
+    task: str = "detect"
+
+    def __len__(self) -> int:
+        return len(self.detections)
+
+    def count(self, class_name: str, min_score: float = 0.0) -> int:
+        """How many detections of ``class_name`` score at least ``min_score``."""
+        return sum(1 for d in self.detections if d.class_name == class_name
+                   and d.score >= min_score)
+
+    def filtered(self, min_score: float = 0.0,
+                 class_ids: Sequence[int] | None = None) -> FrameResult:
+        """A copy that keeps detections at or above ``min_score`` (and of ``class_ids``)."""
+        keep = [d for d in self.detections if d.score >= min_score
+                and (class_ids is None or d.class_id in class_ids)]
+        return FrameResult(self.model_name, self.image_size, keep, self.frame_id, self.task)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model_name": self.model_name,
+            "task": self.task,
+            "frame_id": self.frame_id,
+            "image_size": list(self.image_size),
+            "detections": [d.to_dict() for d in self.detections],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FrameResult:
+        h, w = (int(v) for v in d["image_size"])
+        return cls(str(d["model_name"]), (h, w),
+                   [Detection.from_dict(x) for x in d.get("detections", [])],
+                   d.get("frame_id"), str(d.get("task", "detect")))

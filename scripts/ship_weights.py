@@ -1,0 +1,57 @@
+"""Copy trained run packages into icm_codec/weights/ and write index.json + the model card.
+
+    python scripts/ship_weights.py runs/base-l0.013/model.icmpkg ... --default-base base-lite-l0.013
+
+Each package keeps its training record (config.meta); the card lists data, steps, wall time,
+device and size, so shipped weights always say where they came from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from icm_codec import load_package
+
+WEIGHTS = Path(__file__).resolve().parent.parent / "icm_codec" / "weights"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("packages", nargs="+")
+    ap.add_argument("--default-base", required=True, help="model id of the default base")
+    ap.add_argument("--default-enhancement", help="model id of the default enhancement")
+    args = ap.parse_args()
+    WEIGHTS.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for src in map(Path, args.packages):
+        pkg = load_package(src)
+        dst = WEIGHTS / f"{pkg.config.model_id}.icmpkg"
+        shutil.copyfile(src, dst)
+        m = pkg.config.meta
+        rows.append((pkg.config.model_id, pkg.config.kind, pkg.config.arch,
+                     pkg.config.m if pkg.config.kind == "enhancement" else "-",
+                     m.get("lambda"), m.get("mask"), m.get("steps"), m.get("wall_s"),
+                     m.get("device"), f"{dst.stat().st_size / 1e6:.2f}", pkg.digest[:16],
+                     ", ".join(Path(d).name for d in m.get("data", []))))
+    ids = {r[0] for r in rows} | {p.stem for p in WEIGHTS.glob("*.icmpkg")}
+    defaults = {"base": args.default_base}
+    if args.default_enhancement:
+        defaults["enhancement"] = args.default_enhancement
+    for kind, mid in defaults.items():
+        if mid not in ids:
+            raise SystemExit(f"default {kind} {mid!r} is not among the shipped packages")
+    (WEIGHTS / "index.json").write_text(json.dumps({"defaults": defaults}, indent=2) + "\n")
+    card = WEIGHTS / "README.md"
+    head = ("| model id | kind | arch | m | λ | mask | steps | wall s | device | MB | digest | "
+            "data |\n|" + "---|" * 12 + "\n")
+    lines = "".join("| " + " | ".join(str(v) for v in r) + " |\n" for r in rows)
+    card.write_text("# Shipped model packages\n\nTrained by `icm train` (see docs/training.md); "
+                    "defaults in `index.json`.\n\n" + head + lines)
+    print(card.read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""``icm eval-machine`` end to end on a tiny sample, and its one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from icm_codec.cli import main
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """One torch thread: on a busy 2-core machine two OpenMP threads oversubscribe the cores and
+    run several times slower (the Ultralytics default on 2 cores is one thread, too)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def machine_run(shared_dir: Path, package_factory,
+                tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """2 vtest frames + 2 COCO8 images, one seeded base (+ its human layer), tiny sweeps."""
+    base = package_factory("base", seed=1)
+    enh = package_factory("enhancement", m=2, base=base, seed=1)
+    out = tmp_path_factory.mktemp("machine")
+    rc = main(["eval-machine", "--video", str(shared_dir / "data/video/vtest.avi"),
+               "--frames", "2", "--coco8", str(shared_dir / "data/coco8"), "--images", "2",
+               "--detectors", str(shared_dir / "assets/detectors"),
+               "--models", "yolo11n,yolo26n-seg", "--base", str(base),
+               "--enhancement", str(enh),
+               "--qualities", "JPEG=10,60", "WebP=30", "AVIF=40", "--out", str(out),
+               "--threads", "1", "--no-progress"])
+    assert rc == 0
+    return out, ""
+
+
+def test_writes_json_plots_and_report(machine_run: tuple[Path, str]) -> None:
+    out, _ = machine_run
+    res = json.loads((out / "machine.json").read_text())
+    assert {"settings", "sets", "models", "codecs", "original", "points", "curves",
+            "bpp_to_keep", "robustness", "target", "timing"} <= set(res)
+    assert res["sets"]["vtest"]["reference"] == "pseudo-ground-truth"
+    assert res["sets"]["coco8"]["reference"] == "labels"
+    assert len(res["sets"]["vtest"]["images"]) == 2 == len(res["sets"]["coco8"]["images"])
+    assert res["codecs"] == ["base", "human", "JPEG", "WebP", "AVIF"]
+    assert res["models"]["yolo26n-seg"]["task"] == "segment"
+    # pseudo-ground-truth: each model on the original frames scores 1 against itself
+    assert res["original"]["vtest"]["yolo11n"]["box"]["map"] == pytest.approx(1.0)
+    assert res["original"]["vtest"]["yolo26n-seg"]["mask"]["map"] == pytest.approx(1.0)
+    assert 0.2 < res["original"]["coco8"]["yolo11n"]["box"]["map"] < 1.0  # real labels
+    assert "mask" not in res["original"]["coco8"]["yolo26n-seg"]  # COCO8 labels are boxes
+    # bpp from real bytes, growing with quality; every point scored for every model and set
+    jpeg = [p for p in res["points"] if p["codec"] == "JPEG"]
+    assert jpeg[0]["bpp"]["vtest"] < jpeg[1]["bpp"]["vtest"]
+    base = next(p for p in res["points"] if p["codec"] == "base")
+    human = next(p for p in res["points"] if p["codec"] == "human")
+    assert human["bpp"]["vtest"] > base["bpp"]["vtest"] > 0
+    assert base["params"]["trained"] is not True  # seeded package: flagged in the report
+    for p in res["points"]:
+        for s in ("vtest", "coco8"):
+            assert set(p["metrics"][s]) == {"yolo11n", "yolo26n-seg"}
+            m = p["metrics"][s]["yolo11n"]["box"]["map"]
+            assert m is None or 0.0 <= m <= 1.0
+    keep = res["bpp_to_keep"]["vtest"]["yolo11n"]["box"]
+    assert set(res["codecs"]) <= set(keep)
+    assert keep["JPEG"]["bound"] in ("=", "<=", "not reached")
+    assert {r["set"] for r in res["robustness"]} == {"vtest", "coco8"}
+    assert "yolo26n-seg (mask)" in res["robustness"][0]["table"]
+    assert res["target"]["set"] == "vtest" and res["target"]["model"] == "yolo11n"
+    assert res["target"]["met"] in (True, False, None) and res["target"]["view"] == "box"
+    assert res["target"]["person"]["view"] == "box/person"
+    for name in ("map_vs_bpp_vtest.png", "map_vs_bpp_coco8.png", "bpp_to_keep.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (out / "report.md").read_text()
+    for heading in ("## Target", "## Bits per pixel to keep 95%", "## Rate–accuracy",
+                    "## Robustness", "Untrained (seeded) packages"):
+        assert heading in md
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "no evaluation data"),
+        (["--video", "nope.avi"], "video not found"),
+        (["--video", "{video}", "--qualities", "GIF=5"], "--qualities"),
+        (["--video", "{video}", "--models", "/no/such/weights.pt"], "not found"),
+        (["--video", "{video}", "--base", "missing.icmpkg"], "model package not found"),
+    ],
+)
+def test_errors_are_one_clear_line(shared_dir: Path, capsys, tmp_path: Path,
+                                   argv: list[str], message: str) -> None:
+    argv = [a.format(video=shared_dir / "data/video/vtest.avi") for a in argv]
+    rc = main(["eval-machine", *argv, "--out", str(tmp_path), "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert len(err.splitlines()) == 1, err
+    assert message in err
