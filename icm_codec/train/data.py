@@ -40,10 +40,10 @@ def _resize(img: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
     return img, s
 
 
-def _is_val(key: str, val_fraction: float) -> bool:
-    """Deterministic split of independent images by a hash of their path."""
-    h = int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-    return h < val_fraction
+def _split_hash(path: Path) -> float:
+    """Position of an independent image in [0, 1): a hash of its file name, so the split is the
+    same on every machine and checkout."""
+    return int(hashlib.sha1(path.name.encode()).hexdigest()[:8], 16) / 2**32
 
 
 def _yolo_polygons(image_path: Path, w: int, h: int) -> list[np.ndarray]:
@@ -137,6 +137,7 @@ def load_dataset(paths: list[str | Path], *, max_side: int = 1024, val_fraction:
     coco = json.loads(Path(annotations).read_text()) if annotations else None
     train: list[Sample] = []
     val: list[Sample] = []
+    images: list[tuple[float, Sample]] = []
     from PIL import Image
 
     for f in tqdm(files, desc="loading data", disable=not progress, unit="file"):
@@ -155,8 +156,13 @@ def load_dataset(paths: list[str | Path], *, max_side: int = 1024, val_fraction:
         h, w = rgb.shape[:2]
         polys = _coco_polygons(coco, f.name) if coco else _yolo_polygons(f, w, h)
         img, s = _resize(rgb, max_side)
-        sample = Sample(str(f), img, [p * s for p in polys])
-        (val if _is_val(str(f), val_fraction) else train).append(sample)
+        images.append((_split_hash(f), Sample(str(f), img, [p * s for p in polys])))
+    images.sort(key=lambda t: t[0])
+    n_val = sum(h < val_fraction for h, _ in images)
+    if val_fraction > 0 and n_val == 0 and len(images) >= 2:
+        n_val = 1  # a small folder still gets one validation image
+    val += [s for _, s in images[:n_val]]
+    train += [s for _, s in images[n_val:]]
     if not train:
         raise ValueError("no training samples after the train/validation split")
     return train, val
