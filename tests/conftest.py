@@ -30,6 +30,16 @@ def skimage_photos() -> list[np.ndarray]:
     return [getattr(d, n)() for n in ("astronaut", "coffee", "chelsea", "rocket")]
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module: on a busy 2-core machine two OpenMP threads oversubscribe
+    the cores and run several times slower (Ultralytics' own default on 2 cores is one, too)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def photos() -> list[np.ndarray]:
     return skimage_photos()

@@ -30,16 +30,7 @@ from analytics.eval_machine import bpp_to_keep, value_at_bpp
 WEIGHT_ENV = ("ICM_DETECTOR_DIR", "ICM_DETECTOR_WEIGHTS")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One torch thread: on a busy 2-core machine two OpenMP threads oversubscribe the cores and
-    run several times slower (the Ultralytics default on 2 cores is one thread, too)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # -- fixtures --------------------------------------------------------------------------------

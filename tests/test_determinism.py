@@ -66,15 +66,9 @@ def test_cpu1_encode_cpu2_other_process_decode_is_bit_exact(trained_packages, ph
                 p.write_bytes(data)
                 paths.append(str(p))
         # the trained entropy model really uses the scale table (not only its lower bound)
-        lay = codec.base.parse(Path(layer_paths[0]).read_bytes())
-        coder = codec.base.model.coder
-        feats = coder.h_s.forward_exact(
-            torch.zeros(1, coder.entropy_bottleneck.channels, 3, 4))  # smoke: runs exactly
-        assert feats.dtype == torch.float64
         assert unpack_layer(Path(layer_paths[0]).read_bytes()).header.n_slices == 5
         spread = _scale_index_spread(codec, frames[0])
         assert spread >= 12, f"only {spread} scale indexes in use: weights not realistic"
-        assert lay.header.frame_id == 0
     finally:
         torch.set_num_threads(2)
 
@@ -126,7 +120,6 @@ def test_exact_path_ignores_thread_count_and_batch(trained_packages) -> None:
     assert torch.equal(results[0][1:2], results[1])
     assert torch.equal(results[1], results[3])
     assert torch.equal(results[0], torch.round(results[0]))  # integers
-    json.dumps({"ok": True})
 
 
 def test_banded_exact_conv_equals_whole(monkeypatch) -> None:
