@@ -1,0 +1,200 @@
+"""``icm.v1.Analyst``: what people (and dashboards) ask the cloud."""
+
+from __future__ import annotations
+
+import io
+import queue
+import threading
+import time
+from collections.abc import Iterator
+
+import grpc
+import numpy as np
+
+from icm_rpc import pb, pb_grpc
+
+from .decoders import CodecDecoder, RejectedLayerError
+from .metrics import CloudMetrics
+from .sessions import EnhancementUnavailableError, SessionRegistry
+from .storage import FrameQuery, FrameRow, Store
+
+__all__ = ["AnalystServicer", "DetectionHub", "frame_message", "png_bytes"]
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def frame_message(row: FrameRow) -> pb.FrameRecord:
+    return pb.FrameRecord(
+        camera_id=row.camera_id, frame_id=row.frame_id, capture_time_us=row.capture_us,
+        arrival_time_us=row.arrival_us, stored_time_us=row.stored_us,
+        base_bytes=row.base_bytes, bpp=row.bpp, width=row.width, height=row.height,
+        detections=[pb.Detection(class_id=int(d.get("class_id", -1)),
+                                 class_name=str(d.get("class_name", "")),
+                                 score=float(d.get("score", 0.0)),
+                                 box=[float(v) for v in d.get("box_xyxy", ())],
+                                 model=str(d.get("model", "")))
+                    for d in row.detections])
+
+
+class DetectionHub:
+    """Fans newly stored frames out to live ``WatchDetections`` streams (slow watchers lose
+    the oldest updates rather than stall ingest)."""
+
+    def __init__(self) -> None:
+        self._subs: list[tuple[queue.Queue, str, str]] = []
+        self._lock = threading.Lock()
+
+    def publish(self, row: FrameRow) -> None:
+        with self._lock:
+            subs = list(self._subs)
+        for q, cam, cls in subs:
+            if (cam and row.camera_id != cam) or (cls and cls not in row.class_names):
+                continue
+            try:
+                q.put_nowait(row)
+            except queue.Full:
+                try:
+                    q.get_nowait()
+                    q.put_nowait(row)
+                except (queue.Empty, queue.Full):
+                    pass
+
+    def subscribe(self, camera_id: str, class_name: str) -> queue.Queue:
+        q: queue.Queue = queue.Queue(256)
+        with self._lock:
+            self._subs.append((q, camera_id, class_name))
+        return q
+
+    def unsubscribe(self, q: queue.Queue) -> None:
+        with self._lock:
+            self._subs = [s for s in self._subs if s[0] is not q]
+
+
+class AnalystServicer(pb_grpc.AnalystServicer):
+    def __init__(self, store: Store, sessions: SessionRegistry, decoder: CodecDecoder | None,
+                 hub: DetectionHub, metrics: CloudMetrics, *,
+                 enhancement_timeout_s: float = 30.0) -> None:
+        self.store = store
+        self.sessions = sessions
+        self.decoder = decoder
+        self.hub = hub
+        self.metrics = metrics
+        self.enhancement_timeout_s = enhancement_timeout_s
+
+    def _frame(self, camera_id: str, frame_id: int, context: grpc.ServicerContext,
+               with_layer: bool = False) -> FrameRow:
+        if not camera_id or frame_id <= 0:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "camera_id and frame_id are needed")
+        row = self.store.frame(camera_id, frame_id, with_layer=with_layer)
+        if row is None:
+            context.abort(grpc.StatusCode.NOT_FOUND,
+                          f"no frame {frame_id} of camera {camera_id!r} is stored")
+        return row  # type: ignore[return-value]
+
+    def _decoder(self, context: grpc.ServicerContext) -> CodecDecoder:
+        if self.decoder is None:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                          "this cloud runs without a codec (--decoder noop): no images")
+        return self.decoder  # type: ignore[return-value]
+
+    def ListCameras(self, request, context):
+        live = {s.camera_id for s in self.sessions.all()}
+        cams = []
+        for c in self.store.cameras():
+            cams.append(pb.Camera(camera_id=c.camera_id, online=c.online or c.camera_id in live,
+                                  width=c.width, height=c.height, base_model_id=c.base_model_id,
+                                  frames_stored=c.frames_stored, last_frame_id=c.last_frame_id,
+                                  last_seen_us=c.last_seen_us, instance=c.instance))
+        return pb.ListCamerasResponse(cameras=cams)
+
+    def ListFrames(self, request, context):
+        if request.limit > 10000:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "limit is at most 10000")
+        q = FrameQuery(camera_id=request.camera_id, since_us=request.since_us,
+                       until_us=request.until_us, class_name=request.class_name,
+                       limit=request.limit or 100, after_frame_id=request.after_frame_id)
+        return pb.ListFramesResponse(frames=[frame_message(r) for r in self.store.frames(q)])
+
+    def GetFrame(self, request, context):
+        row = self._frame(request.camera_id, request.frame_id, context,
+                          with_layer=request.include_image)
+        resp = pb.GetFrameResponse(frame=frame_message(row))
+        if request.include_image:
+            decoder = self._decoder(context)
+            resp.machine_png = png_bytes(decoder.decode([row.base_layer])[0].image)
+        return resp
+
+    def GetHumanView(self, request, context):
+        row = self._frame(request.camera_id, request.frame_id, context, with_layer=True)
+        cached = self.store.human_view(row.camera_id, row.frame_id)
+        if cached is not None:
+            self.metrics.enhancement_requests.labels("cached").inc()
+            return self._human_response(row, *cached, cached=True)
+        decoder = self._decoder(context)
+        session = self.sessions.get(row.camera_id)
+        if session is None:
+            self.metrics.enhancement_requests.labels("camera_offline").inc()
+            context.abort(grpc.StatusCode.UNAVAILABLE,
+                          f"camera {row.camera_id!r} is offline: its enhancement layers are at "
+                          "the edge")
+        remaining = context.time_remaining()
+        timeout = min(self.enhancement_timeout_s, remaining if remaining else 1e9)
+        t0 = time.perf_counter()
+        try:
+            layer = session.request_enhancement(row.frame_id, timeout)  # type: ignore[union-attr]
+        except TimeoutError as e:
+            self.metrics.enhancement_requests.labels("timeout").inc()
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(e))
+        except ConnectionError as e:
+            self.metrics.enhancement_requests.labels("camera_offline").inc()
+            context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+        except EnhancementUnavailableError as e:
+            self.metrics.enhancement_requests.labels("not_retained").inc()
+            context.abort(grpc.StatusCode.NOT_FOUND, f"edge has no enhancement layer: {e}")
+        try:
+            image = decoder.decode_human(row.base_layer, layer)  # type: ignore[arg-type]
+        except RejectedLayerError as e:
+            self.metrics.enhancement_requests.labels("bad_layer").inc()
+            context.abort(grpc.StatusCode.DATA_LOSS, f"the edge sent an unusable layer: {e}")
+        png = png_bytes(image)
+        self.store.put_human_view(row.camera_id, row.frame_id, png, len(layer))
+        self.metrics.enhancement_requests.labels("decoded").inc()
+        self.metrics.enhancement_seconds.observe(time.perf_counter() - t0)
+        return self._human_response(row, png, len(layer), cached=False)
+
+    @staticmethod
+    def _human_response(row: FrameRow, png: bytes, enh_bytes: int,
+                        cached: bool) -> pb.GetHumanViewResponse:
+        total = 8.0 * (row.base_bytes + enh_bytes) / max(1, row.width * row.height)
+        return pb.GetHumanViewResponse(png=png, enhancement_bytes=enh_bytes, total_bpp=total,
+                                       cached=cached)
+
+    def WatchDetections(self, request, context) -> Iterator[pb.FrameDetections]:
+        q = self.hub.subscribe(request.camera_id, request.class_name)
+        try:
+            while context.is_active():
+                try:
+                    row = q.get(timeout=0.5)
+                except queue.Empty:
+                    continue
+                yield pb.FrameDetections(frame=frame_message(row))
+        finally:
+            self.hub.unsubscribe(q)
+
+    def ChangeSettings(self, request, context):
+        session = self.sessions.get(request.camera_id)
+        if session is None:
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"camera {request.camera_id!r} is offline")
+        base = request.settings.base_model_id
+        if base and base not in session.hello.base_models:  # type: ignore[union-attr]
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"camera {request.camera_id!r} has no base model {base!r} (it has: "
+                          f"{', '.join(session.hello.base_models)})")  # type: ignore[union-attr]
+        session.send(pb.CloudMessage(settings=request.settings))  # type: ignore[union-attr]
+        return pb.ChangeSettingsResponse()

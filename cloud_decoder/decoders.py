@@ -1,0 +1,124 @@
+"""Base-layer decoders the cloud runs on every frame, and the human-view decoder.
+
+The model that coded a layer is named by the weights digest in its header, so the cloud needs
+no per-camera configuration: it finds the package on the model search path
+(``$ICM_MODEL_PATH`` and the shipped weights) and caches the loaded codec.
+
+:class:`NoopDecoder` validates the container only; the throughput benchmark uses it to measure
+what the service itself costs.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from icm_codec import ModelPackage, ScalableCodec, load_package
+from icm_codec.bitstream import LayerHeader, unpack_layer
+from icm_codec.errors import ICMError, ModelPackageError
+from icm_codec.registry import find_package
+
+__all__ = ["CodecDecoder", "Decoded", "NoopDecoder", "RejectedLayerError"]
+
+
+class RejectedLayerError(ValueError):
+    """A layer the cloud cannot decode (corrupt, unknown model): the frame is rejected."""
+
+
+@dataclass
+class Decoded:
+    header: LayerHeader
+    image: np.ndarray | None  # the machine image (None for the no-op decoder)
+
+
+class NoopDecoder:
+    """Parses and checks the container, decodes nothing."""
+
+    name = "noop"
+
+    def check(self, layer: bytes) -> LayerHeader:
+        try:
+            return unpack_layer(layer).header
+        except ICMError as e:
+            raise RejectedLayerError(f"corrupt base layer: {e}") from e
+
+    def decode(self, layers: Sequence[bytes]) -> list[Decoded]:
+        return [Decoded(self.check(b), None) for b in layers]
+
+
+class CodecDecoder(NoopDecoder):
+    """Real decoding with the codec library; thread-safe (one lock per process: the device is
+    the bottleneck anyway). Frames of one model and size are decoded as one batch."""
+
+    name = "codec"
+
+    def __init__(self, device: str = "cpu") -> None:
+        self.device = device
+        self._lock = threading.Lock()
+        self._packages: dict[bytes, ModelPackage] = {}
+        self._codecs: dict[tuple[bytes, bytes], ScalableCodec] = {}
+
+    def _package(self, digest16: bytes, model_id: str) -> ModelPackage:
+        pkg = self._packages.get(digest16)
+        if pkg is None:
+            try:
+                pkg = load_package(find_package(digest16.hex()), self.device)
+            except ModelPackageError as e:
+                raise RejectedLayerError(f"no model package for {model_id!r} "
+                                    f"({digest16.hex()[:12]}) on this cloud: {e}") from e
+            self._packages[digest16] = pkg
+        return pkg
+
+    def codec(self, base: LayerHeader, enhancement: LayerHeader | None = None) -> ScalableCodec:
+        key = (base.model_digest, enhancement.model_digest if enhancement else b"")
+        codec = self._codecs.get(key)
+        if codec is None:
+            bpkg = self._package(base.model_digest, base.model_id)
+            epkg = (self._package(enhancement.model_digest, enhancement.model_id)
+                    if enhancement else None)
+            try:
+                codec = ScalableCodec(bpkg, epkg, self.device)
+            except (ValueError, ICMError) as e:
+                raise RejectedLayerError(str(e)) from e
+            self._codecs[key] = codec
+        return codec
+
+    def check(self, layer: bytes) -> LayerHeader:
+        header = super().check(layer)
+        with self._lock:
+            codec = self.codec(header)
+        try:
+            codec.base.parse(layer)
+        except ICMError as e:
+            raise RejectedLayerError(str(e)) from e
+        return header
+
+    def decode(self, layers: Sequence[bytes]) -> list[Decoded]:
+        """Every layer must have passed :meth:`check`."""
+        headers = [unpack_layer(b).header for b in layers]
+        out: list[Decoded | None] = [None] * len(layers)
+        groups: dict[bytes, list[int]] = {}
+        for i, h in enumerate(headers):
+            groups.setdefault(h.model_digest, []).append(i)
+        with self._lock:
+            for idx in groups.values():
+                codec = self.codec(headers[idx[0]])
+                images = codec.decode_machine_batch([layers[i] for i in idx])
+                for i, img in zip(idx, images, strict=True):
+                    out[i] = Decoded(headers[i], img)
+        return out  # type: ignore[return-value]
+
+    def decode_human(self, base: bytes, enhancement: bytes) -> np.ndarray:
+        try:
+            bh, eh = unpack_layer(base).header, unpack_layer(enhancement).header
+        except ICMError as e:
+            raise RejectedLayerError(f"corrupt layer: {e}") from e
+        with self._lock:
+            codec = self.codec(bh, eh)
+            try:
+                return codec.decode_human(base, enhancement)
+            except ICMError as e:
+                raise RejectedLayerError(str(e)) from e

@@ -1,0 +1,257 @@
+"""The cloud decoder service: ``EdgeLink`` for cameras, ``Analyst`` for people, gRPC health
+checking and reflection, Prometheus ``/metrics``.
+
+::
+
+    with CloudServer(CloudConfig(listen="127.0.0.1:0", db="cloud.sqlite3")) as cloud:
+        print(cloud.port)          # the bound port
+        cloud.wait()               # until stop() or SIGTERM (see serve())
+
+Shutdown (SIGTERM): health flips to NOT_SERVING, edge streams are closed (edges reconnect
+elsewhere and re-send what was not acked), queued frames are finished and committed.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import signal
+import socket
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from icm_rpc import pb_grpc
+from icm_rpc.metrics import MetricsServer
+from icm_rpc.tls import TLSFiles, server_credentials
+
+from .analyst import AnalystServicer, DetectionHub
+from .decoders import CodecDecoder, NoopDecoder
+from .edge_link import EdgeLinkServicer
+from .metrics import CloudMetrics
+from .pipeline import IngestPipeline
+from .sessions import SessionRegistry
+from .storage import Store, open_store
+
+__all__ = ["MAX_MESSAGE_BYTES", "CloudConfig", "CloudServer", "serve"]
+
+log = logging.getLogger("icm.cloud")
+MAX_MESSAGE_BYTES = 64 << 20
+ANALYST_PREFIX = "/icm.v1.Analyst/"
+SERVICE_NAMES = ("icm.v1.EdgeLink", "icm.v1.Analyst")
+
+
+@dataclass
+class CloudConfig:
+    listen: str = "0.0.0.0:50051"
+    analyst_listen: str = ""          # a second port for analysts (TLS without client certs)
+    db: str = "cloud.sqlite3"         # SQLite path / sqlite:/// URL, or postgresql://...
+    decoder: str = "codec"            # codec | noop (service-overhead benchmark)
+    device: str = "cpu"
+    detectors: list[str] = field(default_factory=lambda: ["yolo11n"])
+    weights_dir: str | None = None
+    detector_conf: float = 0.25
+    analyst_token: str = ""           # empty: the analyst API is open (local use only)
+    tls: TLSFiles = field(default_factory=TLSFiles)
+    mtls: bool = True                 # with TLS: edges must present a client certificate
+    metrics_port: int | None = None
+    max_batch: int = 32
+    enhancement_timeout_s: float = 30.0
+    instance: str = ""
+    max_workers: int = 128
+    threads: int = 0
+
+
+class _Guard(grpc.ServerInterceptor):
+    """Bearer-token check on the analyst API, and error counting by method and status code,
+    in one place."""
+
+    def __init__(self, token: str, metrics: CloudMetrics) -> None:
+        self.expected = f"Bearer {token}".encode() if token else b""
+        self.metrics = metrics
+
+    def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails):
+        handler = continuation(details)
+        if handler is None:
+            return None
+        method = details.method
+        short = method.rsplit("/", 1)[-1]
+        if self.expected and method.startswith(ANALYST_PREFIX):
+            got = dict(details.invocation_metadata or ()).get("authorization", "")
+            if not hmac.compare_digest(str(got).encode(), self.expected):
+                self.metrics.errors.labels(short, "UNAUTHENTICATED").inc()
+                return _replace(handler, _aborter(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    "missing or wrong bearer token (metadata 'authorization: Bearer <token>')"))
+        return _replace(handler, self._counted(short))
+
+    def _counted(self, short: str) -> Callable:
+        metrics = self.metrics
+
+        def count(ctx: grpc.ServicerContext) -> None:
+            code = ctx.code() if hasattr(ctx, "code") else None
+            name = code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
+            if name != "OK":
+                metrics.errors.labels(short, name).inc()
+
+        def wrap(behavior: Callable, streaming_out: bool) -> Callable:
+            if streaming_out:
+                def gen(req, ctx):
+                    try:
+                        yield from behavior(req, ctx)
+                    except Exception:
+                        count(ctx)
+                        raise
+                return gen
+
+            def unary(req, ctx):
+                try:
+                    return behavior(req, ctx)
+                except Exception:
+                    count(ctx)
+                    raise
+            return unary
+        return wrap
+
+
+def _aborter(code: grpc.StatusCode, message: str) -> Callable:
+    def wrap(behavior: Callable, streaming_out: bool) -> Callable:
+        def abort(req, ctx):
+            ctx.abort(code, message)
+        return abort
+    return wrap
+
+
+def _replace(handler: grpc.RpcMethodHandler, w: Callable) -> grpc.RpcMethodHandler:
+    """The same method with its behaviour passed through ``w(behavior, streaming_out)``."""
+    kw = {"request_deserializer": handler.request_deserializer,
+          "response_serializer": handler.response_serializer}
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(w(handler.unary_unary, False), **kw)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(w(handler.unary_stream, True), **kw)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(w(handler.stream_unary, False), **kw)
+    return grpc.stream_stream_rpc_method_handler(w(handler.stream_stream, True), **kw)
+
+
+def load_detectors(config: CloudConfig) -> list:
+    """The configured detectors (analytics package); none when the list is empty."""
+    if not config.detectors:
+        return []
+    from analytics import Detector
+
+    return [Detector(name, weights_dir=config.weights_dir, device=config.device,
+                     conf=config.detector_conf) for name in config.detectors]
+
+
+class CloudServer:
+    def __init__(self, config: CloudConfig, *, detectors: list | None = None,
+                 store: Store | None = None) -> None:
+        self.config = c = config
+        if c.threads:
+            import torch
+
+            torch.set_num_threads(c.threads)
+        if c.decoder not in ("codec", "noop"):
+            raise ValueError(f"decoder must be codec or noop, got {c.decoder!r}")
+        self.metrics = CloudMetrics()
+        self.metrics_server = MetricsServer(self.metrics.registry, c.metrics_port)
+        self.store = store or open_store(c.db)
+        self.decoder: NoopDecoder = CodecDecoder(c.device) if c.decoder == "codec" \
+            else NoopDecoder()
+        self.detectors = load_detectors(c) if detectors is None else detectors
+        if c.decoder == "noop":
+            self.detectors = []
+        self.sessions = SessionRegistry()
+        self.hub = DetectionHub()
+        self.pipeline = IngestPipeline(self.store, self.decoder, self.detectors, self.metrics,
+                                       max_batch=c.max_batch, on_stored=self.hub.publish)
+        self.health = health.HealthServicer()
+        self.server = grpc.server(
+            ThreadPoolExecutor(c.max_workers, thread_name_prefix="cloud-rpc"),
+            interceptors=[_Guard(c.analyst_token, self.metrics)],
+            options=[("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                     ("grpc.keepalive_permit_without_calls", 1),
+                     ("grpc.http2.min_ping_interval_without_data_ms", 10_000)],
+            maximum_concurrent_rpcs=c.max_workers - 4)
+        self.port = self._bind(c.listen, c.mtls)
+        self.analyst_port = self._bind(c.analyst_listen, False) if c.analyst_listen else self.port
+        self.instance = c.instance or f"{socket.gethostname()}:{self.port}"
+        self.store.mark_instance_offline(self.instance)
+        pb_grpc.add_EdgeLinkServicer_to_server(EdgeLinkServicer(
+            self.store, self.pipeline, self.sessions, self.metrics, instance=self.instance,
+            require_identity=c.tls.enabled and c.mtls), self.server)
+        pb_grpc.add_AnalystServicer_to_server(AnalystServicer(
+            self.store, self.sessions, self.decoder if c.decoder == "codec" else None,  # type: ignore[arg-type]
+            self.hub, self.metrics, enhancement_timeout_s=c.enhancement_timeout_s), self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        self._stopped = threading.Event()
+
+    def _bind(self, address: str, mtls: bool) -> int:
+        c = self.config
+        if c.tls.enabled:
+            port = self.server.add_secure_port(address, server_credentials(c.tls, mtls))
+        else:
+            port = self.server.add_insecure_port(address)
+        if port == 0:
+            raise OSError(f"cannot listen on {address}")
+        return port
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> CloudServer:
+        self.pipeline.start()
+        self.metrics_server.start()
+        self.server.start()
+        for name in ("", *SERVICE_NAMES):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("cloud %s listening on port %d (analysts: %d, metrics: %s)", self.instance,
+                 self.port, self.analyst_port, self.metrics_server.port)
+        return self
+
+    def stop(self, grace: float = 5.0) -> None:
+        if self._stopped.is_set():
+            return
+        self.health.enter_graceful_shutdown()
+        for s in self.sessions.all():
+            s.close()
+        self.server.stop(grace).wait(grace + 1)
+        self.pipeline.stop()
+        self.metrics_server.stop()
+        self.store.close()
+        self._stopped.set()
+
+    def wait(self) -> None:
+        self._stopped.wait()
+
+    def __enter__(self) -> CloudServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def serve(config: CloudConfig) -> None:
+    """Run until SIGTERM / SIGINT, then shut down gracefully."""
+    server = CloudServer(config).start()
+    done = threading.Event()
+
+    def on_signal(signum, frame):
+        log.info("signal %d: shutting down", signum)
+        done.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    print(f"icm cloud: listening on port {server.port}" + (
+        f", metrics on :{server.metrics_server.port}/metrics" if config.metrics_port is not None
+        else ""), flush=True)
+    done.wait()
+    server.stop()

@@ -1,0 +1,119 @@
+"""Connected edge streams, by camera: the cloud's only way to reach a camera behind NAT.
+
+A session owns the stream's outbound queue. Enhancement requests wait on a future that the
+stream's reader completes when the edge answers.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+
+from icm_rpc import pb
+
+__all__ = ["EdgeSession", "EnhancementUnavailableError", "SessionRegistry"]
+
+_CLOSE = None
+
+
+class EnhancementUnavailableError(LookupError):
+    """The edge answered without a layer (frame no longer retained, no enhancement codec)."""
+
+
+class EdgeSession:
+    def __init__(self, hello: pb.Hello, peer: str) -> None:
+        self.hello = hello
+        self.camera_id = hello.camera_id
+        self.peer = peer
+        self.outbound: queue.Queue[pb.CloudMessage | None] = queue.Queue()
+        self.closed = threading.Event()
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, Future] = {}
+        self._lock = threading.Lock()
+        self.last_acked = 0
+
+    def send(self, msg: pb.CloudMessage) -> None:
+        if not self.closed.is_set():
+            self.outbound.put(msg)
+
+    def ack(self, frame_id: int) -> None:
+        if frame_id > self.last_acked:
+            self.last_acked = frame_id
+            self.send(pb.CloudMessage(ack=pb.Ack(frame_id=frame_id)))
+
+    def close(self) -> None:
+        self.closed.set()
+        self.outbound.put(_CLOSE)
+        with self._lock:
+            waiting, self._waiting = self._waiting, {}
+        for fut in waiting.values():
+            if not fut.done():
+                fut.set_exception(ConnectionError(f"camera {self.camera_id} disconnected"))
+
+    def request_enhancement(self, frame_id: int, timeout: float) -> bytes:
+        """Ask the edge for a frame's enhancement layer; raises TimeoutError,
+        ConnectionError (stream gone) or EnhancementUnavailableError."""
+        req_id = next(self._ids)
+        fut: Future = Future()
+        with self._lock:
+            if self.closed.is_set():
+                raise ConnectionError(f"camera {self.camera_id} disconnected")
+            self._waiting[req_id] = fut
+        self.send(pb.CloudMessage(enhancement_request=pb.EnhancementRequest(
+            request_id=req_id, frame_id=frame_id)))
+        try:
+            resp: pb.EnhancementResponse = fut.result(timeout)
+        except FutureTimeout as e:
+            raise TimeoutError(f"camera {self.camera_id} did not answer within "
+                               f"{timeout:.1f} s") from e
+        finally:
+            with self._lock:
+                self._waiting.pop(req_id, None)
+        if not resp.layer:
+            raise EnhancementUnavailableError(resp.error or "the edge sent no layer")
+        return resp.layer
+
+    def resolve(self, resp: pb.EnhancementResponse) -> None:
+        with self._lock:
+            fut = self._waiting.get(resp.request_id)
+        if fut is not None and not fut.done():
+            fut.set_result(resp)
+
+
+class SessionRegistry:
+    def __init__(self) -> None:
+        self._by_camera: dict[str, EdgeSession] = {}
+        self._lock = threading.Lock()
+
+    def open(self, session: EdgeSession) -> EdgeSession | None:
+        """Register; returns the session it replaces (a camera reconnected), now closed."""
+        with self._lock:
+            old = self._by_camera.get(session.camera_id)
+            self._by_camera[session.camera_id] = session
+        if old is not None:
+            old.close()
+        return old
+
+    def close(self, session: EdgeSession) -> bool:
+        """Unregister if still current; True when the camera has no stream left."""
+        session.close()
+        with self._lock:
+            if self._by_camera.get(session.camera_id) is session:
+                del self._by_camera[session.camera_id]
+                return True
+        return False
+
+    def get(self, camera_id: str) -> EdgeSession | None:
+        with self._lock:
+            return self._by_camera.get(camera_id)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._by_camera)
+
+    def all(self) -> list[EdgeSession]:
+        with self._lock:
+            return list(self._by_camera.values())

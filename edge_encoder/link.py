@@ -1,0 +1,235 @@
+"""The edge's one long-lived stream to the cloud (the edge dials out: cameras sit behind NAT).
+
+::
+
+    edge                                   cloud
+     | Hello ------------------------------> |
+     | <------------------------------ Welcome (last stored frame id)
+     | BaseFrame, BaseFrame, ... ----------> |  (at most ``window`` unacked in flight)
+     | <--------------------------------- Ack (cumulative)
+     | <------------------ EnhancementRequest
+     | EnhancementResponse ----------------> |
+     | <------------------------- Settings
+
+Frames live in the :class:`~edge_encoder.spool.Spool` until acked, so a broken stream (or a
+killed edge) re-sends exactly the frames the cloud has not stored; the cloud stores a re-sent
+frame once. Reconnects back off exponentially with jitter.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+
+from icm_rpc import pb, pb_grpc
+from icm_rpc.backoff import Backoff
+from icm_rpc.tls import TLSFiles, client_credentials
+
+from .encoder import EdgeEncoder
+from .metrics import EdgeMetrics
+from .spool import Spool
+
+__all__ = ["MAX_MESSAGE_BYTES", "EdgeLink"]
+
+log = logging.getLogger("icm.edge")
+MAX_MESSAGE_BYTES = 64 << 20
+FATAL_CODES = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
+               grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNIMPLEMENTED)
+
+
+def channel_options(server_name: str = "") -> list[tuple[str, object]]:
+    opts: list[tuple[str, object]] = [
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.keepalive_time_ms", 20_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+    if server_name:
+        opts.append(("grpc.ssl_target_name_override", server_name))
+    return opts
+
+
+class EdgeLink:
+    """Runs the stream in a background thread until :meth:`stop`.
+
+    Args:
+        hello_extra: called at each connect for fresh Hello fields (frame size, models).
+    """
+
+    def __init__(self, camera_id: str, target: str, spool: Spool, encoder: EdgeEncoder,
+                 metrics: EdgeMetrics, *, tls: TLSFiles | None = None, server_name: str = "",
+                 window: int = 64, hello_extra: Callable[[], dict] | None = None,
+                 on_settings: Callable[[pb.Settings], None] | None = None,
+                 backoff: Backoff | None = None) -> None:
+        self.camera_id = camera_id
+        self.target = target
+        self.spool = spool
+        self.encoder = encoder
+        self.metrics = metrics
+        self.tls = tls or TLSFiles()
+        self.server_name = server_name
+        self.window = window
+        self.hello_extra = hello_extra or (lambda: {})
+        self.on_settings = on_settings
+        self.backoff = backoff or Backoff()
+        self.last_error: grpc.RpcError | None = None
+        self.connected = threading.Event()
+        self._stop = threading.Event()
+        self._wake = threading.Condition()
+        self._control: queue.Queue[pb.EdgeMessage] = queue.Queue()
+        self._acked = 0
+        self._enh_pool = ThreadPoolExecutor(1, thread_name_prefix="edge-enh")
+        self._thread = threading.Thread(target=self._run, name="edge-link", daemon=True)
+        self._call: grpc.Future | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> EdgeLink:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self.notify()
+        call = self._call
+        if call is not None:
+            call.cancel()
+        self._thread.join(timeout)
+        self._enh_pool.shutdown(wait=False, cancel_futures=True)
+
+    def notify(self) -> None:
+        """Wake the sender (a frame was spooled, an ack arrived)."""
+        with self._wake:
+            self._wake.notify_all()
+
+    def _channel(self) -> grpc.Channel:
+        opts = channel_options(self.server_name)
+        if self.tls.enabled:
+            return grpc.secure_channel(self.target, client_credentials(self.tls), opts)
+        return grpc.insecure_channel(self.target, opts)
+
+    def _run(self) -> None:
+        first = True
+        while not self._stop.is_set():
+            if not first:
+                self.metrics.reconnects.inc()
+            first = False
+            try:
+                self._session()
+            except grpc.RpcError as e:
+                self.last_error = e
+                code = e.code() if hasattr(e, "code") else None
+                if self._stop.is_set() or code == grpc.StatusCode.CANCELLED:
+                    break
+                level = logging.ERROR if code in FATAL_CODES else logging.WARNING
+                log.log(level, "stream to %s ended: %s %s", self.target,
+                        code.name if code else "?", e.details() if hasattr(e, "details") else e)
+            finally:
+                self.connected.clear()
+                self.metrics.connected.set(0)
+            if self._stop.wait(self.backoff.next_delay()):
+                break
+
+    # -- one connection ------------------------------------------------------------------------
+    def _session(self) -> None:
+        welcome = threading.Event()
+        state = {"sent": 0}
+        with self._channel() as channel:
+            stub = pb_grpc.EdgeLinkStub(channel)
+            call = stub.Connect(self._outbound(welcome, state))
+            self._call = call
+            try:
+                for msg in call:
+                    kind = msg.WhichOneof("body")
+                    if kind == "welcome":
+                        last = msg.welcome.last_stored_frame_id
+                        self._ack(last)
+                        self.spool.skip_to(last)
+                        state["sent"] = max(self._acked, last)
+                        self.connected.set()
+                        self.metrics.connected.set(1)
+                        self.backoff.reset()
+                        welcome.set()
+                        log.info("connected to %s (cloud has frames up to %d)", self.target, last)
+                    elif kind == "ack":
+                        self._ack(msg.ack.frame_id)
+                    elif kind == "rejected":
+                        self.metrics.dropped.labels("rejected_by_cloud").inc()
+                        log.warning("cloud rejected frame %d: %s", msg.rejected.frame_id,
+                                    msg.rejected.reason)
+                    elif kind == "enhancement_request":
+                        self._enh_pool.submit(self._answer, msg.enhancement_request)
+                    elif kind == "settings" and self.on_settings is not None:
+                        self.on_settings(msg.settings)
+                    self.notify()
+            finally:
+                self._call = None
+                welcome.set()  # release the sender
+
+    def _ack(self, frame_id: int) -> None:
+        if frame_id <= self._acked:
+            return
+        n = self.spool.ack(frame_id)
+        self._acked = frame_id
+        if n:
+            self.metrics.acked.inc(n)
+        frames, nbytes = self.spool.pending_stats()
+        self.metrics.spool_frames.set(frames)
+        self.metrics.spool_bytes.set(nbytes)
+
+    def _outbound(self, welcome: threading.Event, state: dict) -> Iterator[pb.EdgeMessage]:
+        hello = pb.Hello(camera_id=self.camera_id, capabilities=["enhancement",
+                                                                 "settings.base_model",
+                                                                 "settings.max_fps"],
+                         **self.hello_extra())
+        yield pb.EdgeMessage(hello=hello)
+        while not welcome.wait(0.5):
+            if self._stop.is_set():
+                return
+        while not self._stop.is_set() and self._call is not None:
+            try:
+                while True:
+                    yield self._control.get_nowait()
+            except queue.Empty:
+                pass
+            room = self.window - (state["sent"] - self._acked)
+            batch = self.spool.pending_after(state["sent"], room) if room > 0 else []
+            for f in batch:
+                yield pb.EdgeMessage(frame=pb.BaseFrame(frame_id=f.frame_id,
+                                                        capture_time_us=f.capture_us,
+                                                        layer=f.layer))
+                state["sent"] = f.frame_id
+                self.metrics.sent.inc()
+            if not batch:
+                with self._wake:
+                    self._wake.wait(0.25)
+
+    def _answer(self, req: pb.EnhancementRequest) -> None:
+        resp = pb.EnhancementResponse(request_id=req.request_id, frame_id=req.frame_id)
+        kept = self.spool.retained(req.frame_id)
+        if kept is None:
+            resp.error = f"frame {req.frame_id} is no longer retained at the edge"
+            outcome = "not_retained"
+        elif kept.enhancement is not None:
+            resp.layer = kept.enhancement
+            outcome = "eager"
+        elif kept.raw_png is not None:
+            try:
+                resp.layer = self.encoder.encode_enhancement(kept.raw_png, kept.base)
+                self.spool.store_enhancement(req.frame_id, resp.layer)
+                outcome = "lazy"
+            except (ValueError, RuntimeError) as e:
+                resp.error = str(e)
+                outcome = "error"
+        else:
+            resp.error = "this edge makes no enhancement layers"
+            outcome = "unsupported"
+        self.metrics.enhancement_requests.labels(outcome).inc()
+        self._control.put(pb.EdgeMessage(enhancement=resp))
+        self.notify()

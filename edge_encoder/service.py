@@ -1,0 +1,173 @@
+"""The edge encoder process: capture -> encode -> spool, and the stream that empties the spool.
+
+::
+
+    with EdgeService(EdgeConfig(camera_id="cam-1", cloud="cloud:50051", source="vtest.avi")) as e:
+        e.run()            # until the source ends and every frame is acked (or stop())
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from icm_rpc import pb
+from icm_rpc.metrics import MetricsServer
+from icm_rpc.tls import TLSFiles
+
+from .encoder import EdgeEncoder
+from .link import EdgeLink
+from .metrics import EdgeMetrics
+from .sources import FrameSource
+from .spool import Spool
+
+__all__ = ["EdgeConfig", "EdgeService"]
+
+log = logging.getLogger("icm.edge")
+
+
+@dataclass
+class EdgeConfig:
+    camera_id: str
+    cloud: str = "localhost:50051"
+    source: str = ""
+    max_fps: float = 0.0
+    loop: bool = False
+    frames: int = 0                       # stop after this many captured frames (0: no limit)
+    spool_dir: Path = Path("edge-spool")
+    base_model: str | None = None         # model id or path; None: shipped default
+    enhancement_model: str | None = None  # None: shipped default; "": no enhancement layers
+    enhancement_mode: str = "lazy"        # eager | lazy
+    retention_s: float = 3600.0
+    max_retained_mb: float = 1024.0
+    max_spool_mb: float = 256.0
+    window: int = 64
+    tls: TLSFiles = field(default_factory=TLSFiles)
+    server_name: str = ""
+    metrics_port: int | None = None
+    threads: int = 0                      # torch threads (0: torch's default)
+
+    def __post_init__(self) -> None:
+        if not self.camera_id or len(self.camera_id) > 128:
+            raise ValueError("camera id must be 1-128 characters")
+        self.spool_dir = Path(self.spool_dir)
+
+
+class EdgeService:
+    def __init__(self, config: EdgeConfig) -> None:
+        self.config = c = config
+        if c.threads:
+            torch.set_num_threads(c.threads)
+        self.metrics = EdgeMetrics()
+        self.metrics_server = MetricsServer(self.metrics.registry, c.metrics_port)
+        self.encoder = EdgeEncoder(c.base_model, c.enhancement_model, c.enhancement_mode,
+                                   self.metrics)
+        self.spool = Spool(c.spool_dir / "spool.sqlite3", c.camera_id,
+                           max_bytes=int(c.max_spool_mb * 2**20),
+                           max_retained_bytes=int(c.max_retained_mb * 2**20),
+                           retention_s=c.retention_s)
+        self.source = FrameSource(c.source, max_fps=c.max_fps, loop=c.loop,
+                                  limit=c.frames) if c.source else None
+        self.size = (0, 0)
+        self.link = EdgeLink(c.camera_id, c.cloud, self.spool, self.encoder, self.metrics,
+                             tls=c.tls, server_name=c.server_name, window=c.window,
+                             hello_extra=self._hello, on_settings=self._settings)
+        self.capture_done = threading.Event()
+        self._stop = threading.Event()
+        self._refresh_gauges()
+
+    def _hello(self) -> dict:
+        return {**self.encoder.describe(), "width": self.size[0], "height": self.size[1],
+                "base_models": self.encoder.available_bases()}
+
+    def _settings(self, s: pb.Settings) -> None:
+        if s.base_model_id:
+            try:
+                self.encoder.switch_base(s.base_model_id)
+                log.info("base rate point switched to %s", s.base_model_id)
+            except (ValueError, OSError) as e:
+                log.error("cannot switch base model to %s: %s", s.base_model_id, e)
+        if s.max_fps > 0 and self.source is not None:
+            self.source.max_fps = s.max_fps
+
+    def _refresh_gauges(self) -> None:
+        m = self.metrics
+        frames, nbytes = self.spool.pending_stats()
+        m.spool_frames.set(frames)
+        m.spool_bytes.set(nbytes)
+        frames, nbytes = self.spool.retained_stats()
+        m.retained_frames.set(frames)
+        m.retained_bytes.set(nbytes)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> EdgeService:
+        self.metrics_server.start()
+        self.link.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.link.stop()
+        self.metrics_server.stop()
+        self.spool.close()
+
+    def __enter__(self) -> EdgeService:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def capture_one(self, frame, capture_us: int | None = None) -> int:
+        """Encode and spool one frame; returns its frame id."""
+        self.metrics.captured.inc()
+        self.size = (frame.shape[1], frame.shape[0])
+        frame_id = self.spool.next_frame_id()
+        enc = self.encoder.encode(frame, frame_id)
+        dropped = self.spool.add(frame_id, capture_us or time.time_ns() // 1000, enc.base,
+                                 enhancement=enc.enhancement, raw_png=enc.raw_png)
+        if dropped:
+            self.metrics.dropped.labels("spool_full").inc(len(dropped))
+            log.warning("spool full: dropped %d unacked frames (oldest %d)", len(dropped),
+                        dropped[0])
+        self._refresh_gauges()
+        self.link.notify()
+        return frame_id
+
+    def capture(self, on_frame=None) -> int:
+        """Capture until the source ends or :meth:`stop`; returns frames captured."""
+        n = 0
+        if self.source is None:
+            raise ValueError("no source configured (--source)")
+        for frame, t_us in self.source:
+            if self._stop.is_set():
+                break
+            fid = self.capture_one(frame, t_us)
+            n += 1
+            if on_frame is not None:
+                on_frame(fid, frame)
+        self.capture_done.set()
+        return n
+
+    def wait_drained(self, timeout: float | None = None) -> bool:
+        """Wait until every spooled frame is acked."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._stop.is_set():
+            if self.spool.pending_stats()[0] == 0:
+                return True
+            if deadline is not None and time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return False
+
+    def run(self, keep_running: bool = False) -> None:
+        """Capture everything, wait for the acks; with ``keep_running``, then serve
+        enhancement requests until stopped."""
+        self.capture()
+        self.wait_drained()
+        if keep_running:
+            self._stop.wait()
