@@ -79,6 +79,7 @@ class EdgeService:
                              hello_extra=self._hello, on_settings=self._settings)
         self.capture_done = threading.Event()
         self._stop = threading.Event()
+        self._closed = False
         self._refresh_gauges()
 
     def _hello(self) -> dict:
@@ -110,7 +111,14 @@ class EdgeService:
         self.link.start()
         return self
 
+    def request_stop(self) -> None:
+        """Ask :meth:`run` to return (signal handlers); :meth:`stop` cleans up."""
+        self._stop.set()
+
     def stop(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         self._stop.set()
         self.link.stop()
         self.metrics_server.stop()

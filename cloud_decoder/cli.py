@@ -1,0 +1,202 @@
+"""``icm cloud``, ``icm analyst``, ``icm certs`` and ``icm demo``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from icm_codec.cli import command
+from icm_rpc.cli_common import add_common_flags, apply_logging, env_default, metrics_port, tls_files
+
+
+def _list(value: str | None) -> list[str]:
+    if not value or value.strip().lower() == "none":
+        return []
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+# -- icm cloud -------------------------------------------------------------------------------
+def _cloud_configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--listen", default=env_default("ICM_LISTEN", "0.0.0.0:50051"),
+                   help="address for edges (and analysts) [$ICM_LISTEN]")
+    p.add_argument("--analyst-listen", default=env_default("ICM_ANALYST_LISTEN", ""),
+                   help="separate analyst address (TLS without client certificates)")
+    p.add_argument("--db", default=env_default("ICM_CLOUD_DB", "cloud-data/cloud.sqlite3"),
+                   help="SQLite path or sqlite:/// URL, or postgresql://... [$ICM_CLOUD_DB]")
+    p.add_argument("--decoder", choices=["codec", "noop"], default="codec",
+                   help="noop: check containers only (service-overhead benchmark)")
+    p.add_argument("--device", default=env_default("ICM_DEVICE", "cpu"), help="cpu or cuda")
+    p.add_argument("--detectors", default=env_default("ICM_DETECTORS", "yolo11n"),
+                   help="comma-separated detector names or .pt paths, or 'none' "
+                        "[$ICM_DETECTORS]")
+    p.add_argument("--weights-dir", default=env_default("ICM_DETECTOR_DIR"),
+                   help="folder with <name>.pt detector weights [$ICM_DETECTOR_DIR]")
+    p.add_argument("--conf", type=float, default=0.25, help="detection score threshold")
+    p.add_argument("--no-mtls", action="store_true",
+                   help="with TLS: do not require edge client certificates")
+    p.add_argument("--max-batch", type=int, default=32, help="frames per decode batch")
+    p.add_argument("--instance", default=env_default("ICM_INSTANCE", ""),
+                   help="this instance's name (default host:port)")
+    add_common_flags(p, 9100)
+
+
+@command("cloud", "run the cloud decoder: ingest base layers, analytics, analyst API",
+         _cloud_configure)
+def _cloud(args: argparse.Namespace) -> int:
+    import os
+
+    from .server import CloudConfig, serve
+
+    apply_logging(args)
+    token = os.environ.get("ICM_ANALYST_TOKEN", "")
+    if not token:
+        print("icm cloud: warning: ICM_ANALYST_TOKEN is not set: the analyst API is open",
+              file=sys.stderr)
+    serve(CloudConfig(listen=args.listen, analyst_listen=args.analyst_listen, db=args.db,
+                      decoder=args.decoder, device=args.device,
+                      detectors=_list(args.detectors), weights_dir=args.weights_dir,
+                      detector_conf=args.conf, analyst_token=token, tls=tls_files(args),
+                      mtls=not args.no_mtls, metrics_port=metrics_port(args),
+                      max_batch=args.max_batch, instance=args.instance,
+                      threads=args.threads))
+    return 0
+
+
+# -- icm analyst -----------------------------------------------------------------------------
+def _analyst_configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cloud", default=env_default("ICM_CLOUD", "localhost:50051"),
+                   help="cloud analyst address [$ICM_CLOUD]")
+    p.add_argument("--tls-ca", default=env_default("ICM_TLS_CA"), help="CA of the cloud's cert")
+    p.add_argument("--server-name", default="", help="TLS name to expect from the cloud")
+    p.add_argument("--timeout", type=float, default=60.0)
+    sub = p.add_subparsers(dest="action", required=True)
+    sub.add_parser("cameras", help="list cameras and their state")
+    f = sub.add_parser("frames", help="list stored frames")
+    f.add_argument("--camera", default="")
+    f.add_argument("--class-name", default="", help="only frames with this detected class")
+    f.add_argument("--limit", type=int, default=20)
+    for name, help_text in (("frame", "one frame's record (and machine image)"),
+                            ("human", "the human view of a frame (from the edge)")):
+        g = sub.add_parser(name, help=help_text)
+        g.add_argument("camera")
+        g.add_argument("frame_id", type=int)
+        g.add_argument("-o", "--output", help="write the image (PNG) here")
+    w = sub.add_parser("watch", help="print live detections")
+    w.add_argument("--camera", default="")
+    w.add_argument("--class-name", default="")
+    s = sub.add_parser("settings", help="change a camera's settings")
+    s.add_argument("camera")
+    s.add_argument("--base-model", default="", help="switch the base rate point")
+    s.add_argument("--fps", type=float, default=0.0)
+
+
+def _dets(frame) -> str:
+    names: dict[str, int] = {}
+    for d in frame.detections:
+        names[d.class_name] = names.get(d.class_name, 0) + 1
+    return ", ".join(f"{n} {k}" for k, n in sorted(names.items())) or "-"
+
+
+@command("analyst", "query the cloud: cameras, frames, detections, human views", _analyst_configure)
+def _analyst(args: argparse.Namespace) -> int:
+    import os
+
+    import grpc
+
+    from icm_rpc.tls import TLSFiles
+
+    from .client import AnalystClient
+
+    tls = TLSFiles(ca=Path(args.tls_ca)) if args.tls_ca else None
+    client = AnalystClient(args.cloud, os.environ.get("ICM_ANALYST_TOKEN", ""), tls,
+                           args.server_name, args.timeout)
+    try:
+        if args.action == "cameras":
+            for c in client.cameras():
+                print(f"{c.camera_id:20s} {'online ' if c.online else 'offline'} "
+                      f"{c.width}x{c.height} {c.base_model_id:20s} frames {c.frames_stored} "
+                      f"(last {c.last_frame_id}) on {c.instance}")
+        elif args.action == "frames":
+            for fr in client.frames(args.camera, args.class_name, args.limit):
+                print(f"{fr.camera_id} {fr.frame_id:8d} {fr.bpp:.4f} bpp {fr.base_bytes:7d} B  "
+                      f"{_dets(fr)}")
+        elif args.action == "frame":
+            r = client.frame(args.camera, args.frame_id, image=bool(args.output))
+            print(json.dumps({"frame_id": r.frame.frame_id, "bpp": r.frame.bpp,
+                              "detections": [[d.class_name, round(d.score, 3), list(d.box)]
+                                             for d in r.frame.detections]}))
+            if args.output:
+                Path(args.output).write_bytes(r.machine_png)
+        elif args.action == "human":
+            r = client.human_view(args.camera, args.frame_id)
+            print(f"human view: {r.enhancement_bytes} enhancement bytes, total "
+                  f"{r.total_bpp:.4f} bpp{' (cached)' if r.cached else ''}")
+            if args.output:
+                Path(args.output).write_bytes(r.png)
+        elif args.action == "watch":
+            for fr in client.watch(args.camera, args.class_name):
+                print(f"{fr.camera_id} {fr.frame_id:8d} {fr.bpp:.4f} bpp  {_dets(fr)}",
+                      flush=True)
+        elif args.action == "settings":
+            client.change_settings(args.camera, args.base_model, args.fps)
+            print("sent")
+    except grpc.RpcError as e:
+        print(f"icm analyst: {e.code().name}: {e.details()}", file=sys.stderr)
+        return 2
+    finally:
+        client.close()
+    return 0
+
+
+# -- icm certs -------------------------------------------------------------------------------
+def _certs_configure(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="action", required=True)
+    ca = sub.add_parser("ca", help="create a certificate authority (ca.pem, ca.key)")
+    ca.add_argument("--out", required=True, help="folder for the CA files")
+    iss = sub.add_parser("issue", help="issue a certificate signed by the CA")
+    iss.add_argument("name", help="camera id (edge certificate) or server name")
+    iss.add_argument("--ca", required=True, help="folder holding ca.pem and ca.key")
+    iss.add_argument("--out", help="output folder (default: the CA folder)")
+    iss.add_argument("--server", action="store_true", help="a server (cloud) certificate")
+    iss.add_argument("--host", action="append", default=[],
+                     help="extra host name or IP of a server certificate (repeatable)")
+
+
+@command("certs", "make TLS material: a CA, cloud and edge certificates", _certs_configure)
+def _certs(args: argparse.Namespace) -> int:
+    from icm_rpc.tls import make_ca, make_cert
+
+    if args.action == "ca":
+        cert, _ = make_ca(args.out)
+        print(f"wrote {cert} and its key")
+    else:
+        hosts = ("localhost", "127.0.0.1", *args.host)
+        cert, key = make_cert(args.ca, args.name, args.out, server=args.server, hosts=hosts)
+        print(f"wrote {cert} and {key}")
+    return 0
+
+
+# -- icm demo --------------------------------------------------------------------------------
+def _demo_configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--video", default="../shared/data/video/vtest.avi", help="video to stream")
+    p.add_argument("--frames", type=int, default=30, help="frames to stream (default 30)")
+    p.add_argument("--weights-dir", default=env_default("ICM_DETECTOR_DIR",
+                                                        "../shared/assets/detectors"),
+                   help="folder with detector weights [$ICM_DETECTOR_DIR]")
+    p.add_argument("--detectors", default="yolo11n", help="comma-separated, or 'none'")
+    p.add_argument("--out", default="out/demo", help="database, spool and images go here")
+    p.add_argument("--port", type=int, default=0, help="cloud port (0: any free port)")
+    p.add_argument("--metrics-port", type=int, default=9100,
+                   help="cloud /metrics port (the edge's is the next one)")
+    p.add_argument("--linger", type=float, default=0.0,
+                   help="keep the services (and /metrics) up this many seconds at the end")
+
+
+@command("demo", "cloud + edge on this machine: stream a video, detect, fetch a human view",
+         _demo_configure)
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args)
