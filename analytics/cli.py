@@ -26,6 +26,10 @@ def _configure(p: argparse.ArgumentParser) -> None:
                       help="YOLO dataset folder with images/ and labels/ (ground truth)")
     data.add_argument("--frames", type=int, default=16,
                       help="video frames sampled per video (default 16)")
+    data.add_argument("--frame-range", metavar="START:END",
+                      help="sample video frames only from this range (frame indices, END "
+                           "exclusive), e.g. 715: for the tail of vtest.avi that `icm train` "
+                           "holds out; the set is then named <video>@START-END")
     data.add_argument("--images", type=int, default=4,
                       help="photos / labelled images used per folder (default 4; 0 = all)")
     data.add_argument("--max-side", type=int, default=1280,
@@ -45,8 +49,10 @@ def _configure(p: argparse.ArgumentParser) -> None:
     cod = p.add_argument_group("codecs")
     cod.add_argument("--base", nargs="*",
                      help="base-layer packages = rate points (default: installed base packages)")
-    cod.add_argument("--enhancement", nargs="*", default=[],
-                     help="enhancement packages for the human layer (their base must be in --base)")
+    cod.add_argument("--enhancement", nargs="*",
+                     help="enhancement packages for the human layer (their base must be in "
+                          "--base); default: installed ones that refine a --base package; "
+                          "give the flag alone for none")
     cod.add_argument("--qualities", nargs="*", default=[], metavar="CODEC=Q,Q,...",
                      help="quality sweeps, e.g. JPEG=10,30,60 WebP=20 AVIF= (empty drops it)")
     p.add_argument("--keep", type=float, default=0.95,
@@ -61,8 +67,14 @@ def _configure(p: argparse.ArgumentParser) -> None:
 @command("eval-machine", "machine-vision benchmark: mAP vs bpp of base layer, human layer, "
          "JPEG, WebP, AVIF", _configure)
 def _run(args: argparse.Namespace) -> int:
-    from .codecs import classical_points, human_points, machine_points, parse_qualities
-    from .data import load_labelled, load_photos, sample_video
+    from .codecs import (
+        classical_points,
+        human_points,
+        installed_enhancements,
+        machine_points,
+        parse_qualities,
+    )
+    from .data import load_labelled, load_photos, parse_frame_range, sample_video
     from .detector import MultiDetector
     from .errors import AnalyticsError
     from .eval_machine import evaluate_machine
@@ -90,13 +102,16 @@ def _run(args: argparse.Namespace) -> int:
         bases = [i.path for i in list_packages() if i.kind == "base"]
     else:
         bases = [Path(b) for b in args.base]
-    for b in [*bases, *args.enhancement]:
+    for b in [*bases, *(args.enhancement or [])]:
         if not Path(b).is_file():
             raise AnalyticsError(f"model package not found: {b}")
+    enhancements = (installed_enhancements(bases) if args.enhancement is None
+                    else [Path(e) for e in args.enhancement])
 
     n_img = args.images or None
     max_side = args.max_side or None
-    sets = [sample_video(v, args.frames, max_side) for v in args.video]
+    frame_range = parse_frame_range(args.frame_range)
+    sets = [sample_video(v, args.frames, max_side, frame_range=frame_range) for v in args.video]
     sets += [load_photos(f, n_img, max_side, name=Path(f).name or "photos") for f in args.photos]
     detectors = MultiDetector.load(models, weights_dir=args.detectors, device=args.device,
                                    conf=args.pred_conf, imgsz=args.imgsz, batch_size=args.batch,
@@ -110,7 +125,7 @@ def _run(args: argparse.Namespace) -> int:
         if seen[s.name] > 1:
             s.name = f"{s.name}-{seen[s.name]}"
     points = machine_points(bases, args.device)
-    points += human_points(args.enhancement, bases, args.device) if args.enhancement else []
+    points += human_points(enhancements, bases, args.device) if enhancements else []
     points += classical_points(qualities)
     if not any(p.codec == "base" for p in points):
         print("note: no base-layer package given or installed: only classical codecs are "

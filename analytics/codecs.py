@@ -19,7 +19,7 @@ import numpy as np
 from .errors import AnalyticsError
 
 __all__ = ["CLASSICAL", "DEFAULT_QUALITIES", "RatePoint", "classical_points",
-           "human_points", "machine_points", "parse_qualities"]
+           "human_points", "installed_enhancements", "machine_points", "parse_qualities"]
 
 # Pillow format and options: 4:2:0 JPEG, WebP method 4, AVIF (libaom) speed 6 — the settings of
 # the anchor figures in ../shared/ENVIRONMENT.md and of `icm eval-rd`.
@@ -135,6 +135,21 @@ def machine_points(bases: Sequence[str | Path], device: str = "cpu") -> list[Rat
             "package": str(path), "model_id": pkg.config.model_id, "digest": pkg.digest[:16],
             "lambda": _lambda(pkg), "trained": pkg.config.meta.get("trained")}))
     return points
+
+
+def installed_enhancements(bases: Sequence[str | Path]) -> list[Path]:
+    """Installed enhancement / residual packages whose base layer is among ``bases``."""
+    from icm_codec import load_package
+    from icm_codec.registry import list_packages
+
+    digests = {load_package(b).digest for b in bases}
+    out = []
+    for info in list_packages():
+        if info.kind in ("enhancement", "residual"):
+            cfg = load_package(info.path).config
+            if cfg.base_digest in digests:
+                out.append(info.path)
+    return out
 
 
 def human_points(enhancements: Sequence[str | Path], bases: Sequence[str | Path],

@@ -16,7 +16,7 @@ from .metrics import load_yolo_labels
 from .results import FrameResult
 
 __all__ = ["IMAGE_SUFFIXES", "EvalImage", "EvalSet", "load_labelled", "load_photos",
-           "sample_video"]
+           "parse_frame_range", "sample_video"]
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -73,11 +73,29 @@ def _read_image(path: Path) -> np.ndarray:
         raise AnalyticsError(f"cannot read image {path}: {e}") from e
 
 
+def parse_frame_range(text: str | None) -> tuple[int, int | None] | None:
+    """``"715:"`` / ``"0:665"`` / ``":100"`` -> (start, end or None); None or "" -> None."""
+    if not text:
+        return None
+    a, sep, b = text.partition(":")
+    try:
+        start, end = int(a) if a.strip() else 0, int(b) if b.strip() else None
+    except ValueError:
+        start, end, sep = -1, None, ""
+    if not sep or start < 0 or (end is not None and end <= start):
+        raise AnalyticsError(f"frame range must be START:END frame indices (END exclusive, "
+                             f"either may be left out), got {text!r}")
+    return start, end
+
+
 def sample_video(path: str | Path, n: int | None, max_side: int | None = None,
-                 name: str | None = None) -> EvalSet:
+                 name: str | None = None,
+                 frame_range: tuple[int, int | None] | None = None) -> EvalSet:
     """``n`` frames spread evenly over the whole video (all frames if ``n`` is None).
 
-    Frames are read in order rather than seeked to: seeking in MPEG-4 AVI lands on key frames.
+    ``frame_range`` (start, end exclusive; end None = to the last frame) restricts the sampling
+    to part of the clip, e.g. the part a codec was not trained on. Frames are read in order
+    rather than seeked to: seeking in MPEG-4 AVI lands on key frames.
     """
     import cv2
 
@@ -89,7 +107,11 @@ def sample_video(path: str | Path, n: int | None, max_side: int | None = None,
         total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
         if not cap.isOpened() or total <= 0:
             raise AnalyticsError(f"cannot read video {p} (OpenCV opened no frames)")
-        wanted = set(_evenly(total, n))
+        start, end = frame_range if frame_range is not None else (0, None)
+        end = total if end is None else min(end, total)
+        if start >= end:
+            raise AnalyticsError(f"frame range {start}:{end} is empty: {p} has {total} frames")
+        wanted = {start + i for i in _evenly(end - start, n)}
         images = []
         for i in range(max(wanted) + 1):
             if not cap.grab():
@@ -103,7 +125,9 @@ def sample_video(path: str | Path, n: int | None, max_side: int | None = None,
         cap.release()
     if not images:
         raise AnalyticsError(f"no frames could be decoded from {p}")
-    return EvalSet(name or p.stem, images, str(p))
+    if name is None:
+        name = p.stem if frame_range is None else f"{p.stem}@{start}-{end}"
+    return EvalSet(name, images, str(p))
 
 
 def _image_files(folder: Path) -> list[Path]:

@@ -2,19 +2,22 @@
 
 For each batch size: the median time to decode a batch of base layers into machine images
 (``decode_machine_batch``) and, per recognition model, the median time to analyse them
-(``Detector.detect``). Prints a Markdown table of medians. Runs on CPU or CUDA.
+(``Detector.detect``). Prints a Markdown table of medians (``--json`` also writes them). Runs on
+CPU or CUDA.
 
     python scripts/bench_analytics.py --video ../shared/data/video/vtest.avi \\
         --detectors ../shared/assets/detectors [--base PKG] [--device cuda] [--batches 1,8,32]
 
-Without ``--base`` a seeded (untrained) base package is used: decode time depends on the
-architecture and, a little, on the bitrate, so a trained package of the same arch decodes at
-about the same speed.
+Without ``--base`` the installed default base package is used, else a seeded (untrained) one:
+decode time depends on the architecture and, a little, on the bitrate, so an untrained package
+of the same arch decodes at about the same speed.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
 import sys
 import tempfile
@@ -31,6 +34,9 @@ if str(REPO) not in sys.path:  # run from a checkout without installing
 from analytics import Detector  # noqa: E402
 from analytics.data import sample_video  # noqa: E402
 from icm_codec import ScalableCodec  # noqa: E402
+
+# the same data setting as the tests: ICM_SHARED_DIR, default ../shared beside the checkout
+SHARED = Path(os.environ.get("ICM_SHARED_DIR", REPO.parent / "shared"))
 
 
 def _sync(device: str) -> None:
@@ -70,8 +76,11 @@ def _base_package(given: str | None, tmp: Path) -> tuple[Path, str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--video", required=True, help="source of frames (e.g. vtest.avi)")
-    ap.add_argument("--detectors", help="folder with <name>.pt (default: $ICM_DETECTOR_DIR)")
+    ap.add_argument("--video", default=str(SHARED / "data" / "video" / "vtest.avi"),
+                    help="source of frames (default: vtest.avi in $ICM_SHARED_DIR or ../shared)")
+    ap.add_argument("--detectors",
+                    help="folder with <name>.pt (default: $ICM_DETECTOR_DIR, else "
+                         "assets/detectors in $ICM_SHARED_DIR or ../shared)")
     ap.add_argument("--models", default="yolo11n,yolov8n,yolo26n,yolo26n-seg")
     ap.add_argument("--base", help="base-layer package (default: installed, else seeded)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -80,10 +89,13 @@ def main() -> None:
     ap.add_argument("--imgsz", type=int, default=640)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     ap.add_argument("--half", action="store_true", help="fp16 detectors (CUDA)")
+    ap.add_argument("--json", help="also write the table (and settings) to this JSON file")
     args = ap.parse_args()
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.detectors is None and not os.environ.get("ICM_DETECTOR_DIR"):
+        args.detectors = str(SHARED / "assets" / "detectors")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         sys.exit("--device cuda: torch sees no CUDA device")
     batches = [int(b) for b in args.batches.split(",") if b.strip()]
@@ -107,6 +119,7 @@ def main() -> None:
           f"{base_path.name} ({base_note}, {bpp:.3f} bpp); repeats {args.repeats} (median)\n")
     print("| model | batch | decode ms/frame | detect ms/frame | decode+detect frames/s |")
     print("|---|---|---|---|---|")
+    rows = []
     for b in batches:
         batch_layers = layers[:b]
         t_dec = _median(lambda bl=batch_layers: codec.decode_machine_batch(bl), args.repeats,
@@ -117,6 +130,15 @@ def main() -> None:
             fps = b / (t_dec + t_det)
             print(f"| {det.name} | {b} | {1000 * t_dec / b:.1f} | {1000 * t_det / b:.1f} | "
                   f"{fps:.2f} |", flush=True)
+            rows.append({"model": det.name, "batch": b, "decode_ms_per_frame": 1000 * t_dec / b,
+                         "detect_ms_per_frame": 1000 * t_det / b, "frames_per_s": fps})
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({
+            "device": device_name, "frame_size": [w, h], "video": args.video,
+            "base_package": str(base_path), "base_note": base_note, "bpp": bpp,
+            "repeats": args.repeats, "imgsz": args.imgsz, "half": args.half,
+            "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

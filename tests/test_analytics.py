@@ -24,7 +24,7 @@ from analytics import (
     resolve_weights,
 )
 from analytics.codecs import classical_points, parse_qualities
-from analytics.data import load_labelled, load_photos, sample_video
+from analytics.data import load_labelled, load_photos, parse_frame_range, sample_video
 from analytics.eval_machine import bpp_to_keep, value_at_bpp
 
 WEIGHT_ENV = ("ICM_DETECTOR_DIR", "ICM_DETECTOR_WEIGHTS")
@@ -316,6 +316,19 @@ def test_video_frames_are_sampled_evenly(vtest_frames: list[np.ndarray],
     assert s.images[0].image.shape == (288, 384, 3) and not s.labelled
     with pytest.raises(AnalyticsError, match="video not found"):
         sample_video(shared_dir / "nope.avi", 2)
+
+
+def test_video_frames_can_come_from_a_held_out_range(shared_dir: Path) -> None:
+    video = shared_dir / "data" / "video" / "vtest.avi"
+    s = sample_video(video, 3, max_side=192, frame_range=parse_frame_range("715:"))
+    assert [im.key for im in s.images] == ["vtest#715", "vtest#755", "vtest#794"]
+    assert s.name == "vtest@715-795"
+    assert parse_frame_range(":10") == (0, 10) and parse_frame_range(None) is None
+    for bad in ("10", "a:b", "5:5", "-1:"):
+        with pytest.raises(AnalyticsError, match="frame range"):
+            parse_frame_range(bad)
+    with pytest.raises(AnalyticsError, match="empty"):
+        sample_video(video, 2, frame_range=(900, None))
 
 
 def test_photos_are_picked_evenly_and_shrunk(shared_dir: Path) -> None:

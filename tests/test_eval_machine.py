@@ -91,3 +91,23 @@ def test_errors_are_one_clear_line(shared_dir: Path, capsys, tmp_path: Path,
     assert rc == 2
     assert len(err.splitlines()) == 1, err
     assert message in err
+
+
+def test_human_layer_defaults_to_installed_enhancements() -> None:
+    """Without --enhancement, eval-machine adds the installed enhancement of a --base package."""
+    from analytics.codecs import installed_enhancements
+    from icm_codec.registry import SHIPPED_DIR, list_packages
+
+    shipped = {i.model_id: i for i in list_packages([SHIPPED_DIR])}
+    enh = [i for i in shipped.values() if i.kind == "enhancement"]
+    if not enh:
+        pytest.skip("no enhancement package is installed")
+    from icm_codec import load_package
+
+    base_digest = load_package(enh[0].path).config.base_digest
+    base = next((i for i in shipped.values() if i.digest == base_digest), None)
+    if base is None:
+        pytest.skip("the installed enhancement's base package is not installed")
+    assert enh[0].path in installed_enhancements([base.path])
+    others = [i.path for i in shipped.values() if i.kind == "base" and i.digest != base_digest]
+    assert enh[0].path not in installed_enhancements(others)
