@@ -26,10 +26,11 @@ def _configure(p: argparse.ArgumentParser) -> None:
                       help="YOLO dataset folder with images/ and labels/ (ground truth)")
     data.add_argument("--frames", type=int, default=16,
                       help="video frames sampled per video (default 16)")
-    data.add_argument("--frame-range", metavar="START:END",
+    data.add_argument("--frame-range", metavar="START:END", action="append", default=[],
                       help="sample video frames only from this range (frame indices, END "
                            "exclusive), e.g. 715: for the tail of vtest.avi that `icm train` "
-                           "holds out; the set is then named <video>@START-END")
+                           "holds out; the set is then named <video>@START-END. Once: for "
+                           "every --video; else once per --video, in order (':' = whole clip)")
     data.add_argument("--images", type=int, default=4,
                       help="photos / labelled images used per folder (default 4; 0 = all)")
     data.add_argument("--max-side", type=int, default=1280,
@@ -110,8 +111,16 @@ def _run(args: argparse.Namespace) -> int:
 
     n_img = args.images or None
     max_side = args.max_side or None
-    frame_range = parse_frame_range(args.frame_range)
-    sets = [sample_video(v, args.frames, max_side, frame_range=frame_range) for v in args.video]
+    ranges = [parse_frame_range(r if r != ":" else None) for r in args.frame_range]
+    if len(ranges) == 1:
+        ranges *= len(args.video)
+    elif not ranges:
+        ranges = [None] * len(args.video)
+    elif len(ranges) != len(args.video):
+        raise AnalyticsError(f"--frame-range given {len(ranges)} times for {len(args.video)} "
+                             "videos: give it once, or once per --video")
+    sets = [sample_video(v, args.frames, max_side, frame_range=r)
+            for v, r in zip(args.video, ranges, strict=True)]
     sets += [load_photos(f, n_img, max_side, name=Path(f).name or "photos") for f in args.photos]
     detectors = MultiDetector.load(models, weights_dir=args.detectors, device=args.device,
                                    conf=args.pred_conf, imgsz=args.imgsz, batch_size=args.batch,

@@ -81,6 +81,8 @@ def test_writes_json_plots_and_report(machine_run: tuple[Path, str]) -> None:
         (["--video", "{video}", "--qualities", "GIF=5"], "--qualities"),
         (["--video", "{video}", "--models", "/no/such/weights.pt"], "not found"),
         (["--video", "{video}", "--base", "missing.icmpkg"], "model package not found"),
+        (["--video", "{video}", "--frame-range", "9"], "frame range"),
+        (["--video", "{video}", "--frame-range", ":", "--frame-range", "715:"], "once per"),
     ],
 )
 def test_errors_are_one_clear_line(shared_dir: Path, capsys, tmp_path: Path,
