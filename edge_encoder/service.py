@@ -63,6 +63,9 @@ class EdgeService:
         self.config = c = config
         if c.threads:
             torch.set_num_threads(c.threads)
+        # the source first: a bad source fails before anything is written to disk
+        self.source = FrameSource(c.source, max_fps=c.max_fps, loop=c.loop,
+                                  limit=c.frames) if c.source else None
         self.metrics = EdgeMetrics()
         self.metrics_server = MetricsServer(self.metrics.registry, c.metrics_port)
         self.encoder = EdgeEncoder(c.base_model, c.enhancement_model, c.enhancement_mode,
@@ -71,8 +74,6 @@ class EdgeService:
                            max_bytes=int(c.max_spool_mb * 2**20),
                            max_retained_bytes=int(c.max_retained_mb * 2**20),
                            retention_s=c.retention_s)
-        self.source = FrameSource(c.source, max_fps=c.max_fps, loop=c.loop,
-                                  limit=c.frames) if c.source else None
         self.size = (0, 0)
         self.link = EdgeLink(c.camera_id, c.cloud, self.spool, self.encoder, self.metrics,
                              tls=c.tls, server_name=c.server_name, window=c.window,
