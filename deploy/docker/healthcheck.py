@@ -1,0 +1,76 @@
+"""Container health check (exec form, no shell): ``healthcheck.py grpc HOST:PORT`` asks the
+standard gRPC health service (``grpc.health.v1.Health/Check``) and exits 0 only on SERVING;
+``healthcheck.py http URL`` exits 0 on an HTTP 200 (the edge's /metrics endpoint).
+
+TLS for the gRPC check comes from the same environment the service reads: ``ICM_TLS_CA``
+verifies the server, whose certificate is checked against ``ICM_HEALTH_SERVER_NAME`` (default:
+the first DNS name of ``ICM_TLS_CERT``, i.e. this instance's own certificate). Point it at the
+analyst port, which does not ask for a client certificate.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import urllib.request
+
+
+def _own_name(cert_path: str) -> str:
+    from cryptography import x509
+
+    with open(cert_path, "rb") as f:
+        cert = x509.load_pem_x509_certificate(f.read())
+    try:
+        names = cert.extensions.get_extension_for_class(
+            x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+    except x509.ExtensionNotFound:
+        names = []
+    if names:
+        return names[0]
+    cn = cert.subject.get_attributes_for_oid(x509.oid.NameOID.COMMON_NAME)
+    return str(cn[0].value) if cn else ""
+
+
+def check_grpc(target: str, timeout: float = 4.0) -> bool:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    ca = os.environ.get("ICM_TLS_CA")
+    if ca:
+        opts = []
+        name = os.environ.get("ICM_HEALTH_SERVER_NAME") or (
+            _own_name(os.environ["ICM_TLS_CERT"]) if os.environ.get("ICM_TLS_CERT") else "")
+        if name:
+            opts.append(("grpc.ssl_target_name_override", name))
+        with open(ca, "rb") as f:
+            creds = grpc.ssl_channel_credentials(root_certificates=f.read())
+        channel = grpc.secure_channel(target, creds, opts)
+    else:
+        channel = grpc.insecure_channel(target)
+    with channel:
+        resp = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+    return resp.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def check_http(url: str, timeout: float = 4.0) -> bool:
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        return resp.status == 200
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2 or argv[0] not in ("grpc", "http"):
+        print("usage: healthcheck.py grpc HOST:PORT | http URL", file=sys.stderr)
+        return 2
+    try:
+        ok = check_grpc(argv[1]) if argv[0] == "grpc" else check_http(argv[1])
+    except Exception as e:  # any failure is "unhealthy", with the reason in the log
+        print(f"unhealthy: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    if not ok:
+        print("unhealthy: not serving", file=sys.stderr)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
