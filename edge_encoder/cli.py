@@ -32,6 +32,8 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-spool-mb", type=float, default=256.0,
                    help="bound on unacked base frames; the oldest are dropped (and counted)")
     p.add_argument("--server-name", default="", help="TLS name to expect from the cloud")
+    p.add_argument("--health-listen", default=env_default("ICM_HEALTH_LISTEN", ""),
+                   help="serve gRPC health checks here, e.g. 0.0.0.0:50052 [$ICM_HEALTH_LISTEN]")
     p.add_argument("--exit-when-done", action="store_true",
                    help="exit once the source ends and every frame is acked")
     add_common_flags(p, 9101)
@@ -55,7 +57,8 @@ def _edge(args: argparse.Namespace) -> int:
                      enhancement_mode=args.enhancement_mode, retention_s=args.retention_s,
                      max_retained_mb=args.max_retained_mb, max_spool_mb=args.max_spool_mb,
                      tls=tls_files(args), server_name=args.server_name,
-                     metrics_port=metrics_port(args), threads=args.threads)
+                     metrics_port=metrics_port(args), health_listen=args.health_listen,
+                     threads=args.threads)
     edge = EdgeService(cfg)
 
     def on_signal(signum, frame):

@@ -80,6 +80,7 @@ class EdgeLink:
         self.on_settings = on_settings
         self.backoff = backoff or Backoff()
         self.last_error: grpc.RpcError | None = None
+        self.on_connection: Callable[[bool], None] | None = None
         self.connected = threading.Event()
         self._stop = threading.Event()
         self._wake = threading.Condition()
@@ -133,6 +134,8 @@ class EdgeLink:
             finally:
                 self.connected.clear()
                 self.metrics.connected.set(0)
+                if self.on_connection is not None:
+                    self.on_connection(False)
             if self._stop.wait(self.backoff.next_delay()):
                 break
 
@@ -154,6 +157,8 @@ class EdgeLink:
                         state["sent"] = max(self._acked, last)
                         self.connected.set()
                         self.metrics.connected.set(1)
+                        if self.on_connection is not None:
+                            self.on_connection(True)
                         self.backoff.reset()
                         welcome.set()
                         log.info("connected to %s (cloud has frames up to %d)", self.target, last)

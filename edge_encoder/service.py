@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from icm_rpc import pb
+from icm_rpc.health import HealthServer
 from icm_rpc.metrics import MetricsServer
 from icm_rpc.tls import TLSFiles
 
@@ -50,6 +51,7 @@ class EdgeConfig:
     tls: TLSFiles = field(default_factory=TLSFiles)
     server_name: str = ""
     metrics_port: int | None = None
+    health_listen: str = ""               # gRPC health server address (e.g. 0.0.0.0:50052)
     threads: int = 0                      # torch threads (0: torch's default)
 
     def __post_init__(self) -> None:
@@ -81,6 +83,7 @@ class EdgeService:
         self.capture_done = threading.Event()
         self._stop = threading.Event()
         self._closed = False
+        self.health = HealthServer(c.health_listen) if c.health_listen else None
         self._refresh_gauges()
 
     def _hello(self) -> dict:
@@ -110,6 +113,13 @@ class EdgeService:
     def start(self) -> EdgeService:
         self.metrics_server.start()
         self.link.start()
+        if self.health is not None:
+            # the process is healthy while it runs; "icm.v1.EdgeLink" tells whether the
+            # stream to the cloud is up (spooling goes on either way)
+            self.health.start()
+            self.health.set("", True)
+            self.link.on_connection = lambda up: self.health.set("icm.v1.EdgeLink", up)
+            self.health.set("icm.v1.EdgeLink", self.link.connected.is_set())
         return self
 
     def request_stop(self) -> None:
@@ -122,6 +132,8 @@ class EdgeService:
         self._closed = True
         self._stop.set()
         self.link.stop()
+        if self.health is not None:
+            self.health.stop()
         self.metrics_server.stop()
         self.spool.close()
 

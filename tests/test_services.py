@@ -346,6 +346,27 @@ def test_corrupted_base_layer_is_rejected_and_counted(cloud, frames, codec):
     assert metric(cloud.metrics_server.port, "icm_cloud_frames_rejected_total") == 2
 
 
+def test_edge_health_reports_the_stream(tmp_path, cloud):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    port = free_port()
+    with make_edge(tmp_path, cloud.port, health_listen=f"127.0.0.1:{port}") as edge, \
+            grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+
+        def status(service: str) -> int:
+            return stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+
+        assert status("") == health_pb2.HealthCheckResponse.SERVING
+        wait_for(lambda: status("icm.v1.EdgeLink") == health_pb2.HealthCheckResponse.SERVING,
+                 30, "the edge to report its stream up")
+        cloud.stop()
+        wait_for(lambda: status("icm.v1.EdgeLink") == health_pb2.HealthCheckResponse.NOT_SERVING,
+                 30, "the edge to report its stream down")
+        assert status("") == health_pb2.HealthCheckResponse.SERVING  # spooling goes on
+        assert edge.capture_one(np.zeros((64, 64, 3), np.uint8)) == 1
+
+
 def test_settings_switch_the_base_rate_point(cloud, tmp_path, frames):
     with make_edge(tmp_path, cloud.port) as edge:
         wait_for(edge.link.connected.is_set, 30, "connection")
