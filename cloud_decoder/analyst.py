@@ -14,6 +14,7 @@ import numpy as np
 from icm_rpc import pb, pb_grpc
 
 from .decoders import CodecDecoder, RejectedLayerError
+from .forwarding import Forwarder
 from .metrics import CloudMetrics
 from .sessions import EnhancementUnavailableError, SessionRegistry
 from .storage import FrameQuery, FrameRow, Store
@@ -79,8 +80,10 @@ class DetectionHub:
 class AnalystServicer(pb_grpc.AnalystServicer):
     def __init__(self, store: Store, sessions: SessionRegistry, decoder: CodecDecoder | None,
                  hub: DetectionHub, metrics: CloudMetrics, *,
-                 enhancement_timeout_s: float = 30.0) -> None:
+                 enhancement_timeout_s: float = 30.0,
+                 forwarder: Forwarder | None = None) -> None:
         self.store = store
+        self.forwarder = forwarder
         self.sessions = sessions
         self.decoder = decoder
         self.hub = hub
@@ -136,6 +139,10 @@ class AnalystServicer(pb_grpc.AnalystServicer):
         if cached is not None:
             self.metrics.enhancement_requests.labels("cached").inc()
             return self._human_response(row, *cached, cached=True)
+        if self.sessions.get(row.camera_id) is None:
+            forwarded = self._forward_human_view(request, context)
+            if forwarded is not None:
+                return forwarded
         decoder = self._decoder(context)
         session = self.sessions.get(row.camera_id)
         if session is None:
@@ -167,6 +174,23 @@ class AnalystServicer(pb_grpc.AnalystServicer):
         self.metrics.enhancement_requests.labels("decoded").inc()
         self.metrics.enhancement_seconds.observe(time.perf_counter() - t0)
         return self._human_response(row, png, len(layer), cached=False)
+
+    def _forward_human_view(self, request, context) -> pb.GetHumanViewResponse | None:
+        """The camera streams to another instance (shared database): ask that one. None when
+        there is no such instance (the caller answers UNAVAILABLE)."""
+        fw = self.forwarder
+        if fw is None or fw.is_forwarded(context):
+            return None
+        cam = self.store.camera(request.camera_id)
+        if cam is None or not cam.online or not cam.instance or cam.instance == fw.instance:
+            return None
+        try:
+            resp = fw.get_human_view(cam.instance, request, context)
+        except grpc.RpcError as e:
+            self.metrics.enhancement_requests.labels("forward_failed").inc()
+            context.abort(e.code(), f"via instance {cam.instance}: {e.details()}")
+        self.metrics.enhancement_requests.labels("forwarded").inc()
+        return resp
 
     @staticmethod
     def _human_response(row: FrameRow, png: bytes, enh_bytes: int,

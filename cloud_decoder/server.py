@@ -33,6 +33,7 @@ from icm_rpc.tls import TLSFiles, server_credentials
 from .analyst import AnalystServicer, DetectionHub
 from .decoders import CodecDecoder, NoopDecoder
 from .edge_link import EdgeLinkServicer
+from .forwarding import Forwarder
 from .metrics import CloudMetrics
 from .pipeline import IngestPipeline
 from .sessions import SessionRegistry
@@ -63,6 +64,10 @@ class CloudConfig:
     max_batch: int = 32
     enhancement_timeout_s: float = 30.0
     instance: str = ""
+    # The address other instances use to reach this one's Analyst API (default
+    # "<hostname>:<analyst port>"); recorded as this instance's name next to each camera it
+    # holds, so that peers can forward human-view requests here (cloud_decoder/forwarding.py).
+    advertise: str = ""
     max_workers: int = 128
     threads: int = 0
 
@@ -183,14 +188,18 @@ class CloudServer:
             maximum_concurrent_rpcs=c.max_workers - 4)
         self.port = self._bind(c.listen, c.mtls)
         self.analyst_port = self._bind(c.analyst_listen, False) if c.analyst_listen else self.port
-        self.instance = c.instance or f"{socket.gethostname()}:{self.port}"
+        self.instance = (c.advertise or c.instance
+                         or f"{socket.gethostname()}:{self.analyst_port}")
+        self.forwarder = Forwarder(self.instance, c.tls,
+                                   default_timeout_s=c.enhancement_timeout_s + 5)
         self.store.mark_instance_offline(self.instance)
         pb_grpc.add_EdgeLinkServicer_to_server(EdgeLinkServicer(
             self.store, self.pipeline, self.sessions, self.metrics, instance=self.instance,
             require_identity=c.tls.enabled and c.mtls), self.server)
         pb_grpc.add_AnalystServicer_to_server(AnalystServicer(
             self.store, self.sessions, self.decoder if c.decoder == "codec" else None,  # type: ignore[arg-type]
-            self.hub, self.metrics, enhancement_timeout_s=c.enhancement_timeout_s), self.server)
+            self.hub, self.metrics, enhancement_timeout_s=c.enhancement_timeout_s,
+            forwarder=self.forwarder), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
@@ -225,6 +234,7 @@ class CloudServer:
             s.close()
         self.server.stop(grace).wait(grace + 1)
         self.pipeline.stop()
+        self.forwarder.close()
         self.metrics_server.stop()
         self.store.close()
         self._stopped.set()

@@ -99,6 +99,10 @@ class Store:
         self._lock = threading.RLock()
         blob = "BLOB" if self.dialect == "sqlite" else "BYTEA"
         with self._tx() as cur:
+            if self.dialect == "postgresql":
+                # instances starting together: CREATE TABLE IF NOT EXISTS is not safe against
+                # a concurrent twin in PostgreSQL; one at a time (lock held until commit)
+                cur.execute("SELECT pg_advisory_xact_lock(7306355)")
             for stmt in _SCHEMA.format(blob=blob).split(";"):
                 if stmt.strip():
                     cur.execute(stmt)

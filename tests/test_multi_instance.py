@@ -1,0 +1,252 @@
+"""Several cloud instances sharing one PostgreSQL database: the camera -> instance record, and a
+human-view request that lands on the instance without the camera's stream being forwarded to the
+one that has it.
+
+A throw-away PostgreSQL server is started for the module (initdb + pg_ctl on a free port in a
+temporary folder, as the ``postgres`` user when the tests run as root). The test skips, saying
+why, when the PostgreSQL server binaries or psycopg are missing (CI installs them: .ci/run).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("grpc_health", reason="needs the cloud extra")
+psycopg = pytest.importorskip("psycopg", reason="PostgreSQL store needs psycopg (cloud extra)")
+
+pytestmark = pytest.mark.slow
+
+
+def _pg_bindir() -> Path | None:
+    found = shutil.which("pg_ctl")
+    if found:
+        return Path(found).parent
+    dirs = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda d: [
+        int(x) for x in re.findall(r"\d+", d)])
+    for d in reversed(dirs):
+        if (Path(d) / "initdb").exists() and (Path(d) / "pg_ctl").exists():
+            return Path(d)
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    bindir = _pg_bindir()
+    if bindir is None:
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found: apt-get install "
+                    "postgresql")
+    as_user: list[str] = []
+    base = Path(tempfile.mkdtemp(prefix="icm-pg-"))
+    if os.geteuid() == 0:  # initdb refuses to run as root
+        try:
+            pw = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no 'postgres' user to run initdb as")
+        os.chown(base, pw.pw_uid, pw.pw_gid)
+        runuser = shutil.which("runuser") or shutil.which("su")
+        if runuser is None:
+            pytest.skip("running as root without runuser/su to switch to the postgres user")
+        as_user = [runuser, "-u", "postgres", "--"] if runuser.endswith("runuser") else []
+        if not as_user:
+            pytest.skip("runuser not available")
+    data, port = base / "data", _free_port()
+
+    def run(*cmd: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        return subprocess.run([*as_user, *cmd], capture_output=True, text=True, timeout=timeout)
+
+    r = run(str(bindir / "initdb"), "-D", str(data), "-U", "icm", "--auth=trust",
+            "--no-sync", "-E", "UTF8")
+    if r.returncode != 0:
+        shutil.rmtree(base, ignore_errors=True)
+        pytest.skip(f"initdb failed: {r.stderr.strip()[-500:]}")
+    r = run(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(base / "log"), "-w", "-t", "60",
+            "-o", f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off", "start",
+            timeout=90)
+    if r.returncode != 0:
+        log = (base / "log").read_text() if (base / "log").exists() else ""
+        shutil.rmtree(base, ignore_errors=True)
+        pytest.fail(f"pg_ctl start failed: {r.stdout}{r.stderr}{log[-2000:]}")
+    try:
+        yield f"postgresql://icm@127.0.0.1:{port}/postgres"
+    finally:
+        run(str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(base, ignore_errors=True)
+
+
+# -- the store itself on PostgreSQL ---------------------------------------------------------------
+def test_postgres_store_roundtrip(postgres_url: str) -> None:
+    from cloud_decoder.storage import CameraRow, FrameQuery, FrameRow, open_store
+
+    a, b = open_store(postgres_url), open_store(postgres_url)   # two instances, one database
+    try:
+        a.upsert_camera(CameraRow("pg-cam", 96, 64, "base", "enh", "a:1", True, 5))
+        frames = [FrameRow("pg-cam", i, 100 + i, 200 + i, 300 + i, 96, 64, 10, 0.01,
+                           [{"class_name": "person", "score": 0.9}] if i % 2 else [],
+                           base_layer=bytes([i]) * 10) for i in (1, 2, 3)]
+        assert a.add_frames(frames) == [True, True, True]
+        assert b.add_frames(frames[:1]) == [False]            # exactly once, across instances
+        cam = b.camera("pg-cam")
+        assert cam is not None and cam.online and cam.instance == "a:1"
+        assert (cam.frames_stored, cam.last_frame_id) == (3, 3)
+        assert b.last_frame_id("pg-cam") == 3
+        row = b.frame("pg-cam", 3, with_layer=True)
+        assert row is not None and row.base_layer == bytes([3]) * 10
+        assert [f.frame_id for f in b.frames(FrameQuery("pg-cam", class_name="person"))] == [1, 3]
+        assert [f.frame_id for f in b.frames(FrameQuery("pg-cam", after_frame_id=1,
+                                                         limit=1))] == [2]
+        b.put_human_view("pg-cam", 3, b"png", 42)
+        b.put_human_view("pg-cam", 3, b"other", 1)             # first one wins
+        assert a.human_view("pg-cam", 3) == (b"png", 42)
+        b.set_offline("pg-cam", "b:1", 9)                      # not b's camera: no change
+        assert a.camera("pg-cam").online
+        a.mark_instance_offline("a:1")
+        assert not b.camera("pg-cam").online
+    finally:
+        a.close()
+        b.close()
+
+
+# -- two cloud processes, one edge ------------------------------------------------------------------
+_CLOUD = """
+import sys
+from cloud_decoder.server import CloudConfig, serve
+db, listen, advertise, token = sys.argv[1:5]
+serve(CloudConfig(listen=listen, db=db, decoder="codec", detectors=[], advertise=advertise,
+                  analyst_token=token, metrics_port=None, threads=1, max_workers=16))
+"""
+
+
+def _spawn(argv: list[str], log: Path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ICM_LOG_LEVEL": "warning"}
+    return subprocess.Popen(argv, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env,
+                            cwd=log.parent)
+
+
+def _wait_for(log: Path, proc: subprocess.Popen, pattern: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if re.search(pattern, log.read_text()):
+            return
+        if proc.poll() is not None:
+            break
+        time.sleep(0.2)
+    raise AssertionError(f"no {pattern!r} in {log.name}:\n{log.read_text()[-3000:]}")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _video(path: Path) -> Path:
+    cv2 = pytest.importorskip("cv2")
+    import numpy as np
+
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 5, (96, 64))
+    yy, xx = np.mgrid[0:64, 0:96]
+    for i in range(3):
+        img = np.stack([(xx * 2 + i * 20) % 256, (yy * 3) % 256, (xx + yy) % 256], -1)
+        w.write(img.astype(np.uint8))
+    w.release()
+    return path
+
+
+def test_human_view_is_forwarded_to_the_instance_holding_the_stream(
+        postgres_url: str, tmp_path: Path) -> None:
+    import grpc
+
+    from cloud_decoder.client import AnalystClient
+    from cloud_decoder.forwarding import FORWARDED_HEADER
+    from icm_rpc import pb, pb_grpc
+
+    token = "multi-instance-token"
+    port_a, port_b = _free_port(), _free_port()
+    addr_a, addr_b = f"127.0.0.1:{port_a}", f"127.0.0.1:{port_b}"
+    procs = []
+    try:
+        for name, addr in (("a", addr_a), ("b", addr_b)):
+            log = tmp_path / f"cloud-{name}.log"
+            procs.append((_spawn([sys.executable, "-c", _CLOUD, postgres_url, addr, addr, token],
+                                 log), log))
+        for proc, log in procs:
+            _wait_for(log, proc, r"listening on port")
+        edge_log = tmp_path / "edge.log"
+        edge = _spawn([sys.executable, "-m", "icm_codec.cli", "edge", "--camera-id", "cam-x",
+                       "--cloud", addr_a, "--source", str(_video(tmp_path / "v.avi")),
+                       "--frames", "3", "--spool-dir", str(tmp_path / "spool"),
+                       "--metrics-port", "-1", "--threads", "1"], edge_log)
+        procs.append((edge, edge_log))
+
+        with AnalystClient(addr_b, token, timeout=90) as b, \
+                AnalystClient(addr_a, token, timeout=90) as a:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:       # the edge's frames stored (via A)
+                cams = {c.camera_id: c for c in b.cameras()}
+                if "cam-x" in cams and cams["cam-x"].last_frame_id >= 2:
+                    break
+                assert edge.poll() is None, edge_log.read_text()[-3000:]
+                time.sleep(0.5)
+            cam = {c.camera_id: c for c in b.cameras()}["cam-x"]
+            assert cam.online and cam.instance == addr_a, cam
+
+            # B has no stream of cam-x: it forwards to A, which asks the edge
+            r = b.human_view("cam-x", 2)
+            assert r.png.startswith(b"\x89PNG") and r.enhancement_bytes > 0 and not r.cached
+            # stored in the shared database: B answers the next one itself
+            assert b.human_view("cam-x", 2).cached
+            assert a.human_view("cam-x", 2).cached
+
+            # the caller's token is what authorizes the forwarded call on A
+            bad = pb_grpc.AnalystStub(b.channel)
+            with pytest.raises(grpc.RpcError) as e:
+                bad.GetHumanView(pb.GetHumanViewRequest(camera_id="cam-x", frame_id=1),
+                                 timeout=30, metadata=(("authorization", "Bearer wrong"),))
+            assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            # an already forwarded call is not forwarded again (no loops between instances)
+            with pytest.raises(grpc.RpcError) as e:
+                bad.GetHumanView(pb.GetHumanViewRequest(camera_id="cam-x", frame_id=1),
+                                 timeout=30, metadata=(("authorization", f"Bearer {token}"),
+                                                       (FORWARDED_HEADER, "test")))
+            assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+            # the caller's deadline bounds the forwarded call
+            with pytest.raises(grpc.RpcError) as e:
+                bad.GetHumanView(pb.GetHumanViewRequest(camera_id="cam-x", frame_id=3),
+                                 timeout=0.001, metadata=b.metadata)
+            assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+            # the edge goes away: the camera is offline everywhere, B answers UNAVAILABLE
+            _stop(edge)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and {
+                    c.camera_id: c for c in b.cameras()}["cam-x"].online:
+                time.sleep(0.3)
+            with pytest.raises(grpc.RpcError) as e:
+                b.human_view("cam-x", 1)
+            assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        for proc, _ in reversed(procs):
+            _stop(proc)
