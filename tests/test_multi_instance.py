@@ -125,7 +125,7 @@ def test_postgres_store_roundtrip(postgres_url: str) -> None:
         b.close()
 
 
-# -- two cloud processes, one edge ------------------------------------------------------------------
+# -- two cloud processes, one edge ---------------------------------------------------------------
 _CLOUD = """
 import sys
 from cloud_decoder.server import CloudConfig, serve
