@@ -250,3 +250,44 @@ def test_human_view_is_forwarded_to_the_instance_holding_the_stream(
     finally:
         for proc, _ in reversed(procs):
             _stop(proc)
+
+
+def test_forwarding_over_tls_with_shared_certificate(tmp_path: Path) -> None:
+    """Peers are dialled by IP and verified against the name of the instance's own (shared)
+    certificate; the caller's token authorizes the call on the peer. SQLite shared by two
+    in-process instances stands in for PostgreSQL here."""
+    import grpc
+
+    from cloud_decoder.server import CloudConfig, CloudServer
+    from cloud_decoder.storage import CameraRow, FrameRow
+    from icm_rpc import pb, pb_grpc
+    from icm_rpc.tls import TLSFiles, make_ca, make_cert
+
+    ca, _ = make_ca(tmp_path / "ca")
+    cert, key = make_cert(tmp_path / "ca", "icm-cloud", server=True, hosts=("peers.example",))
+    tls = TLSFiles(ca=ca, cert=cert, key=key)
+    db = str(tmp_path / "shared.sqlite3")
+    ports = [_free_port() for _ in range(4)]
+    servers = []
+    try:
+        for i in (0, 1):
+            servers.append(CloudServer(CloudConfig(
+                listen=f"127.0.0.1:{ports[2 * i]}", analyst_listen=f"127.0.0.1:{ports[2 * i + 1]}",
+                db=db, decoder="noop", detectors=[], analyst_token="tok", tls=tls,
+                advertise=f"127.0.0.1:{ports[2 * i + 1]}", max_workers=16)).start())
+        a, b = servers
+        a.store.upsert_camera(CameraRow("cam-t", 8, 8, "m", "", a.instance, True, 1))
+        a.store.add_frames([FrameRow("cam-t", 1, 1, 1, 1, 8, 8, 1, 0.1, [], base_layer=b"x")])
+        creds = grpc.ssl_channel_credentials(root_certificates=ca.read_bytes())
+        with grpc.secure_channel(b.instance, creds,
+                                 [("grpc.ssl_target_name_override", "icm-cloud")]) as ch:
+            stub = pb_grpc.AnalystStub(ch)
+            with pytest.raises(grpc.RpcError) as e:
+                stub.GetHumanView(pb.GetHumanViewRequest(camera_id="cam-t", frame_id=1),
+                                  timeout=20, metadata=(("authorization", "Bearer tok"),))
+        # A answered (it has no codec: FAILED_PRECONDITION), and B passed that on
+        assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION, e.value.details()
+        assert f"via instance {a.instance}" in e.value.details()
+    finally:
+        for s in servers:
+            s.stop(grace=0.5)
