@@ -39,6 +39,9 @@ def _cloud_configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-batch", type=int, default=32, help="frames per decode batch")
     p.add_argument("--instance", default=env_default("ICM_INSTANCE", ""),
                    help="this instance's name (default host:port)")
+    p.add_argument("--advertise", default=env_default("ICM_ADVERTISE", ""),
+                   help="analyst address other cloud instances use to reach this one (several "
+                        "instances on one PostgreSQL database) [$ICM_ADVERTISE]")
     add_common_flags(p, 9100)
 
 
@@ -60,6 +63,7 @@ def _cloud(args: argparse.Namespace) -> int:
                       detector_conf=args.conf, analyst_token=token, tls=tls_files(args),
                       mtls=not args.no_mtls, metrics_port=metrics_port(args),
                       max_batch=args.max_batch, instance=args.instance,
+                      advertise=args.advertise,
                       threads=args.threads))
     return 0
 

@@ -93,8 +93,13 @@ class IngestPipeline:
                 continue
             try:
                 self.process(items)
-            except Exception:  # never lose the worker; the edge re-sends what was not acked
-                log.exception("ingest batch of %d frames failed; not acked", len(items))
+            except Exception:
+                # never lose the worker, never ack what is not stored: end those streams, so
+                # their edges reconnect and re-send every unacked frame
+                log.exception("ingest batch of %d frames failed; closing its streams",
+                              len(items))
+                for session in {id(it.session): it.session for it in items}.values():
+                    session.close()
 
     # -- one batch -----------------------------------------------------------------------------
     def _reject(self, it: IngestItem, reason: str) -> None:

@@ -231,6 +231,26 @@ def test_edge_killed_resumes_its_spool(tmp_path, frames, cloud):
     assert stored_ids(Path(cloud.config.db)) == [1, 2, 3, 4, 5]
 
 
+def test_failed_commit_is_not_acked_and_the_edge_resends(cloud, tmp_path, frames):
+    real = cloud.store.add_frames
+    calls = {"n": 0}
+
+    def flaky(rows):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise sqlite3.OperationalError("disk I/O error (injected)")
+        return real(rows)
+
+    cloud.store.add_frames = flaky
+    with make_edge(tmp_path, cloud.port) as edge:
+        edge.link.backoff.maximum = 0.5
+        edge.capture_one(frames[0])
+        assert edge.wait_drained(60)
+        assert edge.metrics.reconnects._value.get() >= 1
+    assert calls["n"] >= 2
+    assert stored_ids(Path(cloud.config.db)) == [1]
+
+
 def test_offline_camera_is_unavailable(cloud, tmp_path, frames):
     with make_edge(tmp_path, cloud.port) as edge:
         edge.capture_one(frames[0])
