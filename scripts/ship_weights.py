@@ -20,23 +20,30 @@ WEIGHTS = Path(__file__).resolve().parent.parent / "icm_codec" / "weights"
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("packages", nargs="+")
+    ap.add_argument("packages", nargs="*", help="new packages (already shipped ones stay listed)")
     ap.add_argument("--default-base", required=True, help="model id of the default base")
     ap.add_argument("--default-enhancement", help="model id of the default enhancement")
     args = ap.parse_args()
     WEIGHTS.mkdir(parents=True, exist_ok=True)
-    rows = []
     for src in map(Path, args.packages):
-        pkg = load_package(src)
-        dst = WEIGHTS / f"{pkg.config.model_id}.icmpkg"
-        shutil.copyfile(src, dst)
+        pkg = load_package(src)  # verifies the digest before anything is copied
+        shutil.copyfile(src, WEIGHTS / f"{pkg.config.model_id}.icmpkg")
+    # the card lists every shipped package, those shipped earlier included
+    pkgs = [(dst, load_package(dst)) for dst in sorted(WEIGHTS.glob("*.icmpkg"))]
+    id_of = {pkg.digest: pkg.config.model_id for _, pkg in pkgs}
+    rows = []
+    for dst, pkg in pkgs:
         m = pkg.config.meta
+        base = pkg.config.base_digest
         rows.append((pkg.config.model_id, pkg.config.kind, pkg.config.arch,
+                     id_of.get(base, base[:16]) if base else "-",
                      pkg.config.m if pkg.config.kind == "enhancement" else "-",
                      m.get("lambda"), m.get("mask"), m.get("steps"), m.get("wall_s"),
                      m.get("device"), f"{dst.stat().st_size / 1e6:.2f}", pkg.digest[:16],
                      ", ".join(Path(d).name for d in m.get("data", []))))
-    ids = {r[0] for r in rows} | {p.stem for p in WEIGHTS.glob("*.icmpkg")}
+    order = {"base": 0, "enhancement": 1, "residual": 2, "single": 3}
+    rows.sort(key=lambda r: (order.get(r[1], 9), float(r[5] or 0), str(r[0])))
+    ids = {r[0] for r in rows}
     defaults = {"base": args.default_base}
     if args.default_enhancement:
         defaults["enhancement"] = args.default_enhancement
@@ -45,8 +52,8 @@ def main() -> None:
             raise SystemExit(f"default {kind} {mid!r} is not among the shipped packages")
     (WEIGHTS / "index.json").write_text(json.dumps({"defaults": defaults}, indent=2) + "\n")
     card = WEIGHTS / "README.md"
-    head = ("| model id | kind | arch | m | λ | mask | steps | wall s | device | MB | digest | "
-            "data |\n|" + "---|" * 12 + "\n")
+    head = ("| model id | kind | arch | refines | m | λ | mask | steps | wall s | device | MB | "
+            "digest | data |\n|" + "---|" * 13 + "\n")
     lines = "".join("| " + " | ".join(str(v) for v in r) + " |\n" for r in rows)
     card.write_text("# Shipped model packages\n\nTrained by `icm train` (see docs/training.md); "
                     "defaults in `index.json`.\n\n" + head + lines)

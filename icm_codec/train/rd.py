@@ -18,14 +18,20 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-__all__ = ["RDPoint", "bd_rate", "classical_curve", "evaluate", "load_images", "ms_ssim",
-           "psnr8"]
+__all__ = ["RDPoint", "bd_rate", "classical_curve", "evaluate", "load_images", "markdown",
+           "ms_ssim", "psnr8"]
 
 CLASSICAL = {
     "JPEG": ("JPEG", {"subsampling": 2}, (5, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90, 95)),
     "WebP": ("WEBP", {"method": 4}, (2, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95)),
     "AVIF": ("AVIF", {"speed": 6}, (5, 15, 25, 35, 45, 55, 65, 75, 85, 92)),
 }
+
+
+# BD-rate anchors: every curve against JPEG and WebP (and AVIF); the learned curves also
+# against each other, so the fusion codec is compared with difference compression directly
+CLASSICAL_ANCHORS = ("JPEG", "WebP", "AVIF")
+LEARNED_ANCHORS = ("DC (difference)", "single-layer")
 
 
 @dataclass
@@ -218,10 +224,12 @@ def evaluate(images: Sequence[tuple[str, np.ndarray]], *, bases: Sequence[Path] 
 
     bd = {}
     for name, pts in curves.items():
+        anchors = CLASSICAL_ANCHORS if name in CLASSICAL else CLASSICAL_ANCHORS + LEARNED_ANCHORS
         bd[name] = {anchor: bd_rate(curves[anchor], pts)
-                    for anchor in ("JPEG", "WebP") if anchor in curves and anchor != name}
-    table = [{"lambda": p.extra.get("lambda"), "m": p.extra.get("m"), "bpp": p.bpp,
-              "psnr": p.psnr} for p in curves.get("scalable (fusion)", [])]
+                    for anchor in anchors if anchor in curves and anchor != name}
+    table = [{"lambda": p.extra.get("lambda"), "m": p.extra.get("m"),
+              "base_lambda": p.extra.get("base_lambda"), "bpp": p.bpp, "psnr": p.psnr,
+              "ms_ssim": p.ms_ssim} for p in curves.get("scalable (fusion)", [])]
     return {
         "images": [n for n, _ in images],
         "curves": {k: [asdict(p) for p in v] for k, v in curves.items()},
@@ -272,8 +280,50 @@ def plot(result: dict, out_dir: Path) -> list[Path]:
     return paths
 
 
+def _f(v, fmt: str) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
+
+
+def markdown(result: dict) -> str:
+    """The report's tables as Markdown: human-image curves, machine curve, BD-rates, λ/m."""
+    n = len(result["images"])
+    out = [f"### Human image: PSNR / MS-SSIM vs total bpp ({n} images, mean per image)\n",
+           "| codec | point | bpp | PSNR dB | MS-SSIM |", "|---|---|---|---|---|"]
+    for name, pts in result["curves"].items():
+        for p in pts:
+            out.append(f"| {name} | {p['label']} | {p['bpp']:.3f} | {p['psnr']:.2f} | "
+                       f"{_f(p['ms_ssim'], '.4f')} |")
+    if result["machine"]:
+        out += ["", "### Machine image (base layer only): PSNR inside the SA-ICM edge mask vs "
+                "base bpp\n", "| base model | λ | base bpp | PSNR in edge mask dB | "
+                "PSNR whole frame dB |", "|---|---|---|---|---|"]
+        for p in result["machine"]:
+            out.append(f"| {p['label']} | {_f(p['extra'].get('lambda'), 'g')} | {p['bpp']:.3f} | "
+                       f"{p['psnr']:.2f} | {p['extra']['psnr_full']:.2f} |")
+    bd = result["bd_rate_percent"]
+    anchors = [a for a in CLASSICAL_ANCHORS + LEARNED_ANCHORS
+               if any(a in row for row in bd.values())]
+    if anchors:
+        out += ["", "### BD-rate (%, PSNR; negative = fewer bits than the anchor; '-' = no "
+                "common PSNR range)\n", "| codec | " + " | ".join(f"vs {a}" for a in anchors)
+                + " |", "|---|" + "---|" * len(anchors)]
+        for name, row in bd.items():
+            out.append(f"| {name} | " + " | ".join(_f(row.get(a), "+.1f") for a in anchors)
+                       + " |")
+    if result["psnr_by_lambda_m"]:
+        out += ["", "### Scalable codec: human-image PSNR by enhancement λ and m\n",
+                "| enhancement λ | m | base λ | total bpp | PSNR dB | MS-SSIM |",
+                "|---|---|---|---|---|---|"]
+        for r in result["psnr_by_lambda_m"]:
+            out.append(f"| {_f(r['lambda'], 'g')} | {r['m']} | {_f(r.get('base_lambda'), 'g')} "
+                       f"| {r['bpp']:.3f} | {r['psnr']:.2f} | {_f(r.get('ms_ssim'), '.4f')} |")
+    return "\n".join(out) + "\n"
+
+
 def write_report(result: dict, out_dir: Path) -> Path:
+    """``rd.json`` (everything) and ``rd.md`` (the tables) in ``out_dir``; returns the JSON."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "rd.json"
     path.write_text(json.dumps(result, indent=2, allow_nan=True))
+    (out_dir / "rd.md").write_text(markdown(result))
     return path
