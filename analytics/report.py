@@ -181,30 +181,38 @@ def plot_machine(result: dict[str, Any], out_dir: str | Path) -> list[Path]:
     tg = result["target"]
     per_model = result["bpp_to_keep"][tg["set"]]
     models = list(per_model)
-    fig, ax = plt.subplots(figsize=(min(11.0, 2.0 + 1.5 * len(codecs)), 4.2))
+    # all-class boxes, and persons alone where the models know them (the stable view on video)
+    views = [v for v in ("box", "box/person") if any(v in per_model[m] for m in models)]
+    fig, axes = plt.subplots(1, len(views), squeeze=False,
+                             figsize=(len(views) * min(9.0, 2.0 + 1.3 * len(codecs)), 4.2))
     width = 0.8 / max(1, len(models))
-    for j, m in enumerate(models):
-        row = per_model[m]["box"]
-        labelled = False
-        for i, c in enumerate(codecs):
-            cell = row.get(c)
-            x = i + (j - (len(models) - 1) / 2) * width
-            if cell is None or cell["bpp"] is None:
-                ax.text(x, 0, "n/r", ha="center", va="bottom", fontsize=7, rotation=90)
+    for ax, view in zip(axes.flat, views, strict=True):
+        for j, m in enumerate(models):
+            row = per_model[m].get(view)
+            if row is None:
                 continue
-            ax.bar(x, cell["bpp"], width, color=f"C{j}", label=None if labelled else m,
-                   hatch="//" if cell["bound"] == "<=" else None)
-            labelled = True
-            if c != "JPEG" and cell.get("ratio") is not None:
-                ax.text(x, cell["bpp"], f"{cell['ratio']:.2f}×", ha="center", va="bottom",
-                        fontsize=7)
-    ax.set_xticks(range(len(codecs)), codecs)
-    ax.set_xlim(-0.6, len(codecs) - 0.4)
-    ax.set_ylabel(f"bpp to keep {100 * keep:.0f}% of original box mAP")
-    ax.set_title(f"{tg['set']}: bpp needed (ratio to JPEG); hatched = upper bound, "
-                 "n/r = not reached", fontsize=9)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3, axis="y")
+            for i, c in enumerate(codecs):
+                cell = row.get(c)
+                x = i + (j - (len(models) - 1) / 2) * width
+                if cell is None or cell["bpp"] is None:
+                    ax.text(x, 0, "n/r", ha="center", va="bottom", fontsize=7, rotation=90,
+                            color=f"C{j}")
+                    continue
+                ax.bar(x, cell["bpp"], width, color=f"C{j}",
+                       hatch="//" if cell["bound"] == "<=" else None)
+                if c != "JPEG" and cell.get("ratio") is not None:
+                    ax.text(x, cell["bpp"], f"{cell['ratio']:.2f}×", ha="center",
+                            va="bottom", fontsize=7)
+        ax.set_xticks(range(len(codecs)), codecs)
+        ax.set_xlim(-0.6, len(codecs) - 0.4)
+        ax.set_ylabel(f"bpp to keep {100 * keep:.0f}% of original mAP")
+        ax.set_title(f"{tg['set']}, {view}: bpp needed (ratio to JPEG)\n"
+                     "hatched = upper bound, n/r = not reached", fontsize=9)
+        ax.grid(alpha=0.3, axis="y")
+    from matplotlib.patches import Patch
+
+    axes.flat[0].legend(handles=[Patch(color=f"C{j}", label=m) for j, m in enumerate(models)],
+                        fontsize=8)
     fig.tight_layout()
     p = out_dir / "bpp_to_keep.png"
     fig.savefig(p, dpi=110)

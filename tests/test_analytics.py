@@ -25,7 +25,7 @@ from analytics import (
 )
 from analytics.codecs import classical_points, parse_qualities
 from analytics.data import load_labelled, load_photos, parse_frame_range, sample_video
-from analytics.eval_machine import bpp_to_keep, value_at_bpp
+from analytics.eval_machine import _target_met, bpp_to_keep, value_at_bpp
 
 WEIGHT_ENV = ("ICM_DETECTOR_DIR", "ICM_DETECTOR_WEIGHTS")
 
@@ -366,3 +366,18 @@ def test_bpp_to_keep_reads_the_curve() -> None:
     assert 0.2 < bpp_to_keep(wiggly, 0.95)["bpp"] < 0.4
     assert value_at_bpp(curve, 0.2) == pytest.approx(0.8)
     assert value_at_bpp(curve, 0.05) is None and value_at_bpp(curve, 0.5) is None
+
+
+def test_target_verdict() -> None:
+    jpeg = {"bpp": 0.6, "bound": "="}
+    half = {"bpp": 0.25, "bound": "=", "ratio": 0.25 / 0.6, "ratio_bound": "="}
+    assert _target_met(half, jpeg) is True
+    assert _target_met({**half, "bpp": 0.4, "ratio": 0.4 / 0.6}, jpeg) is False
+    assert _target_met({**half, "ratio_bound": "~"}, jpeg) is None
+    never = {"bpp": None, "bound": "not reached", "best_map": 0.3, "at_bpp": 0.3}
+    assert _target_met(never, jpeg) is False
+    # JPEG reaches 95% at one rate but dips below it again at the highest: still decides
+    dips = {"bpp": None, "bound": "not reached", "best_map": 0.98, "at_bpp": 1.2}
+    assert _target_met(never, dips, threshold=0.95) is False
+    assert _target_met(never, {**dips, "best_map": 0.9}, threshold=0.95) is None
+    assert _target_met(half, dips, threshold=0.95) is None
