@@ -110,8 +110,12 @@ class AnalystServicer(pb_grpc.AnalystServicer):
         live = {s.camera_id for s in self.sessions.all()}
         cams = []
         for c in self.store.cameras():
+            width, height = c.width, c.height
+            if not width and c.last_frame_id:  # the edge said hello before its first frame
+                last = self.store.frame(c.camera_id, c.last_frame_id)
+                width, height = (last.width, last.height) if last else (0, 0)
             cams.append(pb.Camera(camera_id=c.camera_id, online=c.online or c.camera_id in live,
-                                  width=c.width, height=c.height, base_model_id=c.base_model_id,
+                                  width=width, height=height, base_model_id=c.base_model_id,
                                   frames_stored=c.frames_stored, last_frame_id=c.last_frame_id,
                                   last_seen_us=c.last_seen_us, instance=c.instance))
         return pb.ListCamerasResponse(cameras=cams)

@@ -12,7 +12,7 @@ from icm_rpc.tls import TLSFiles, client_credentials
 
 from .server import MAX_MESSAGE_BYTES
 
-__all__ = ["AnalystClient"]
+__all__ = ["AnalystClient", "Watch"]
 
 
 class AnalystClient:
@@ -66,9 +66,22 @@ class AnalystClient:
             camera_id=camera_id, settings=pb.Settings(base_model_id=base_model_id,
                                                       max_fps=max_fps)))
 
-    def watch(self, camera_id: str = "", class_name: str = "") -> Iterator[pb.FrameRecord]:
-        stream = self.stub.WatchDetections(
+    def watch(self, camera_id: str = "", class_name: str = "") -> Watch:
+        """Live frames as the cloud stores them; ``cancel()`` ends the stream."""
+        return Watch(self.stub.WatchDetections(
             pb.WatchDetectionsRequest(camera_id=camera_id, class_name=class_name),
-            metadata=self.metadata)
-        for msg in stream:
+            metadata=self.metadata))
+
+
+class Watch:
+    """An iterator of :class:`pb.FrameRecord` over a live ``WatchDetections`` stream."""
+
+    def __init__(self, call) -> None:
+        self._call = call
+
+    def __iter__(self) -> Iterator[pb.FrameRecord]:
+        for msg in self._call:
             yield msg.frame
+
+    def cancel(self) -> None:
+        self._call.cancel()

@@ -97,6 +97,7 @@ def test_stream_stores_every_frame_and_acks(cloud, tmp_path, frames):
             assert r.stored_time_us >= r.arrival_time_us >= r.capture_time_us > 0
         cams = client.cameras()
         assert [c.camera_id for c in cams] == ["cam-1"] and cams[0].frames_stored == 5
+        assert (cams[0].width, cams[0].height) == (160, 128)
     assert metric(cloud.metrics_server.port, "icm_cloud_frames_stored_total") == 5
 
 
@@ -119,6 +120,38 @@ def test_detections_on_real_video(tmp_path, shared_dir):
             assert {d.model for r in records for d in r.detections} == {"yolo11n"}
             assert [r.frame_id for r in client.frames(class_name="person")] == [1, 2, 3]
             assert client.frames(class_name="giraffe") == []
+
+
+def test_watch_streams_live_frames_with_filters(cloud, tmp_path, frames):
+    import threading
+
+    got: dict[str, list[int]] = {"all": [], "cam-2": [], "person": []}
+    with AnalystClient(f"127.0.0.1:{cloud.port}") as client:
+        streams = {"all": client.watch(), "cam-2": client.watch(camera_id="cam-2"),
+                   "person": client.watch(class_name="person")}
+
+        def drain(key: str) -> None:
+            try:
+                for fr in streams[key]:
+                    got[key].append(fr.frame_id)
+            except grpc.RpcError:
+                pass  # cancelled at the end of the test
+
+        threads = [threading.Thread(target=drain, args=(k,), daemon=True) for k in streams]
+        for t in threads:
+            t.start()
+        wait_for(lambda: len(cloud.hub._subs) == 3, 10, "three watchers")
+        with make_edge(tmp_path, cloud.port, "cam-1") as e1, \
+                make_edge(tmp_path, cloud.port, "cam-2") as e2:
+            e1.capture_one(frames[0])
+            e2.capture_one(frames[1])
+            e2.capture_one(frames[2])
+            assert e1.wait_drained(60) and e2.wait_drained(60)
+        wait_for(lambda: len(got["all"]) == 3 and len(got["cam-2"]) == 2, 10, "live frames")
+        for s in streams.values():
+            s.cancel()
+    assert sorted(got["all"]) == [1, 1, 2] and got["cam-2"] == [1, 2]
+    assert got["person"] == []  # no detector runs here: nothing matches a class filter
 
 
 def test_human_view_is_the_codec_library_decode(cloud, tmp_path, frames, codec):
