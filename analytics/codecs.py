@@ -41,7 +41,7 @@ Coded = tuple[int, np.ndarray]  # (bytes, decoded HxWx3 uint8)
 class RatePoint:
     """One operating point of one codec: ``run(images) -> [(n_bytes, decoded), ...]``."""
 
-    codec: str  # "JPEG", "WebP", "AVIF", "base", "human"
+    codec: str  # "JPEG", "WebP", "AVIF", "base", "human", "human-dc" (residual layer)
     label: str  # "q50", a model id
     run: Callable[[Sequence[np.ndarray]], list[Coded]] = field(repr=False)
     params: dict[str, Any] = field(default_factory=dict)
@@ -163,7 +163,8 @@ def human_points(enhancements: Sequence[str | Path], bases: Sequence[str | Path]
         by_digest[pkg.digest] = (b, pkg)
     points = []
     enh_pkgs = [load_package(p, device) for p in enhancements]
-    labels = _unique([f"{e.config.model_id} m={e.config.m}" for e in enh_pkgs])
+    labels = _unique([f"{e.config.model_id} m={e.config.m}" if e.config.kind == "enhancement"
+                      else e.config.model_id for e in enh_pkgs])
     for path, enh, label in zip(enhancements, enh_pkgs, labels, strict=True):
         if not enh.config.needs_base:
             raise AnalyticsError(f"{path} is a {enh.config.kind!r} package, not an "
@@ -182,7 +183,9 @@ def human_points(enhancements: Sequence[str | Path], bases: Sequence[str | Path]
                 out.append((len(b) + len(e), codec.decode_human(b, e)))
             return out
 
-        points.append(RatePoint("human", label, run, {
+        # the difference-compression baseline is another method: its own curve
+        codec_name = "human" if enh.config.kind == "enhancement" else "human-dc"
+        points.append(RatePoint(codec_name, label, run, {
             "package": str(path), "base": str(base_path), "kind": enh.config.kind,
             "m": enh.config.m, "lambda": _lambda(enh),
             "trained": enh.config.meta.get("trained")}))

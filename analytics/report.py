@@ -9,7 +9,7 @@ from typing import Any
 
 __all__ = ["plot_machine", "write_machine_outputs", "write_markdown"]
 
-_ORDER = ("base", "human", "JPEG", "WebP", "AVIF")
+_ORDER = ("base", "human", "human-dc", "JPEG", "WebP", "AVIF")
 
 
 def _ordered(codecs: list[str]) -> list[str]:

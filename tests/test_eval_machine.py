@@ -113,3 +113,13 @@ def test_human_layer_defaults_to_installed_enhancements() -> None:
     assert enh[0].path in installed_enhancements([base.path])
     others = [i.path for i in shipped.values() if i.kind == "base" and i.digest != base_digest]
     assert enh[0].path not in installed_enhancements(others)
+
+
+def test_residual_layer_is_its_own_curve(package_factory) -> None:
+    """The difference-compression baseline must not share the enhancement layer's curve."""
+    from analytics.codecs import human_points
+
+    base = package_factory("base", seed=1)
+    enh = package_factory("enhancement", m=2, base=base, seed=1)
+    dc = package_factory("residual", base=base, seed=1)
+    assert [p.codec for p in human_points([enh, dc], [base])] == ["human", "human-dc"]
