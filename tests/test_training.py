@@ -155,3 +155,13 @@ def test_eval_rd_every_kind_and_report(tmp_path: Path, photos) -> None:
     write_report(result, tmp_path / "rd")
     assert json.loads((tmp_path / "rd" / "rd.json").read_text())["images"] == ["p0.png", "p1.png"]
     assert (tmp_path / "rd" / "rd.md").read_text() == md
+
+
+def test_bd_rate_ignores_dominated_points() -> None:
+    anchor = _curve([0.25, 0.5, 0.75, 1.0], [28.0, 31.0, 33.0, 34.5])
+    half = _curve([0.125, 0.25, 0.375, 0.5], [28.0, 31.0, 33.0, 34.5])
+    # an extra point with more bits and less PSNR than another must not bend the curve
+    worse = [*half, RDPoint("", 0.45, 30.0, math.nan)]
+    assert bd_rate(anchor, worse) == pytest.approx(-50.0, abs=1e-6)
+    # two points of which one dominates the other: one point left, no BD-rate
+    assert math.isnan(bd_rate(anchor, _curve([0.35, 0.6], [31.0, 30.0])))

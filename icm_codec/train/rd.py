@@ -22,9 +22,11 @@ __all__ = ["RDPoint", "bd_rate", "classical_curve", "evaluate", "load_images", "
            "ms_ssim", "psnr8"]
 
 CLASSICAL = {
-    "JPEG": ("JPEG", {"subsampling": 2}, (5, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90, 95)),
-    "WebP": ("WEBP", {"method": 4}, (2, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95)),
-    "AVIF": ("AVIF", {"speed": 6}, (5, 15, 25, 35, 45, 55, 65, 75, 85, 92)),
+    # the lowest qualities reach down to ~20-25 dB, where under-trained learned codecs sit
+    "JPEG": ("JPEG", {"subsampling": 2},
+             (1, 2, 3, 5, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90, 95)),
+    "WebP": ("WEBP", {"method": 4}, (0, 2, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95)),
+    "AVIF": ("AVIF", {"speed": 6}, (0, 5, 15, 25, 35, 45, 55, 65, 75, 85, 92)),
 }
 
 
@@ -101,16 +103,20 @@ def classical_curve(name: str, images: Sequence[tuple[str, np.ndarray]],
 
 def bd_rate(anchor: Sequence[RDPoint], test: Sequence[RDPoint]) -> float:
     """Bjøntegaard delta rate (%) of ``test`` against ``anchor`` over their common PSNR range,
-    with monotone piecewise-cubic interpolation of log-rate over PSNR. Negative = fewer bits."""
+    with monotone piecewise-cubic interpolation of log-rate over PSNR. Negative = fewer bits.
+    Dominated points (more bits, no more PSNR than another point) are left out; NaN when a curve
+    keeps fewer than two points or the curves share no PSNR range."""
     from scipy.interpolate import PchipInterpolator
 
     def curve(points: Sequence[RDPoint]) -> tuple[np.ndarray, np.ndarray]:
-        p = np.array([x.psnr for x in points])
-        r = np.log(np.array([x.bpp for x in points]))
-        order = np.argsort(p)
-        p, r = p[order], r[order]
-        keep = np.concatenate([[True], np.diff(p) > 1e-9])
-        return p[keep], r[keep]
+        # the Pareto front only: a point that costs more bits than another for no more PSNR
+        # (an under-trained model can land there) would fold log-rate over PSNR back on itself
+        kept: list[tuple[float, float]] = []
+        for x in sorted(points, key=lambda x: (x.bpp, -x.psnr)):
+            if not kept or x.psnr > kept[-1][0] + 1e-9:
+                kept.append((x.psnr, math.log(x.bpp)))
+        p, r = (np.array(v) for v in zip(*kept, strict=True)) if kept else (np.zeros(0),) * 2
+        return p, r
 
     pa, ra = curve(anchor)
     pt, rt = curve(test)
