@@ -310,9 +310,10 @@ def markdown(result: dict) -> str:
     anchors = [a for a in CLASSICAL_ANCHORS + LEARNED_ANCHORS
                if any(a in row for row in bd.values())]
     if anchors:
-        out += ["", "### BD-rate (%, PSNR; negative = fewer bits than the anchor; '-' = no "
-                "common PSNR range)\n", "| codec | " + " | ".join(f"vs {a}" for a in anchors)
-                + " |", "|---|" + "---|" * len(anchors)]
+        out += ["", "### BD-rate (%, PSNR; negative = fewer bits than the anchor; '-' = fewer "
+                "than two non-dominated points, or no common PSNR range)\n",
+                "| codec | " + " | ".join(f"vs {a}" for a in anchors) + " |",
+                "|---|" + "---|" * len(anchors)]
         for name, row in bd.items():
             out.append(f"| {name} | " + " | ".join(_f(row.get(a), "+.1f") for a in anchors)
                        + " |")
