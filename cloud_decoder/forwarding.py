@@ -21,35 +21,17 @@ peers can be reached by pod IP.
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
 import grpc
 
 from icm_rpc import pb, pb_grpc
-from icm_rpc.tls import TLSFiles
+from icm_rpc.tls import TLSFiles, certificate_name
 
-__all__ = ["FORWARDED_HEADER", "Forwarder", "own_certificate_name"]
+__all__ = ["FORWARDED_HEADER", "Forwarder"]
 
 FORWARDED_HEADER = "icm-forwarded-by"
 _PASSED_ON = ("authorization",)
 _MAX_MESSAGE_BYTES = 64 << 20
-
-
-def own_certificate_name(cert_path: str | Path) -> str:
-    """First DNS name (else the Common Name) of a PEM certificate."""
-    from cryptography import x509
-    from cryptography.x509.oid import NameOID
-
-    cert = x509.load_pem_x509_certificate(Path(cert_path).read_bytes())
-    try:
-        names = cert.extensions.get_extension_for_class(
-            x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
-    except x509.ExtensionNotFound:
-        names = []
-    if names:
-        return str(names[0])
-    cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    return str(cn[0].value) if cn else ""
 
 
 class Forwarder:
@@ -67,7 +49,7 @@ class Forwarder:
         self._credentials = None
         if self.tls.enabled:
             if self.tls.cert is not None:
-                name = own_certificate_name(self.tls.cert)
+                name = certificate_name(self.tls.cert)
                 if name:
                     self._options.append(("grpc.ssl_target_name_override", name))
             self._credentials = grpc.ssl_channel_credentials(

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import grpc
 
-__all__ = ["TLSFiles", "client_credentials", "make_ca", "make_cert", "peer_identities",
-           "server_credentials"]
+__all__ = ["TLSFiles", "certificate_name", "client_credentials", "make_ca", "make_cert",
+           "peer_identities", "server_credentials"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,24 @@ def peer_identities(context: grpc.ServicerContext) -> set[str]:
         for v in auth.get(key, ()):
             names.add(v.decode() if isinstance(v, bytes) else str(v))
     return names
+
+
+def certificate_name(cert_path: str | Path) -> str:
+    """First DNS name (else the Common Name) of a PEM certificate: the name peers that share
+    one certificate expect from each other."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    cert = x509.load_pem_x509_certificate(Path(cert_path).read_bytes())
+    try:
+        names = cert.extensions.get_extension_for_class(
+            x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+    except x509.ExtensionNotFound:
+        names = []
+    if names:
+        return str(names[0])
+    cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(cn[0].value) if cn else ""
 
 
 # -- a small CA ------------------------------------------------------------------------------

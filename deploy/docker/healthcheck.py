@@ -15,31 +15,17 @@ import sys
 import urllib.request
 
 
-def _own_name(cert_path: str) -> str:
-    from cryptography import x509
-
-    with open(cert_path, "rb") as f:
-        cert = x509.load_pem_x509_certificate(f.read())
-    try:
-        names = cert.extensions.get_extension_for_class(
-            x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
-    except x509.ExtensionNotFound:
-        names = []
-    if names:
-        return names[0]
-    cn = cert.subject.get_attributes_for_oid(x509.oid.NameOID.COMMON_NAME)
-    return str(cn[0].value) if cn else ""
-
-
 def check_grpc(target: str, timeout: float = 4.0) -> bool:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     ca = os.environ.get("ICM_TLS_CA")
     if ca:
+        from icm_rpc.tls import certificate_name  # the service's own package, in the image
+
         opts = []
         name = os.environ.get("ICM_HEALTH_SERVER_NAME") or (
-            _own_name(os.environ["ICM_TLS_CERT"]) if os.environ.get("ICM_TLS_CERT") else "")
+            certificate_name(os.environ["ICM_TLS_CERT"]) if os.environ.get("ICM_TLS_CERT") else "")
         if name:
             opts.append(("grpc.ssl_target_name_override", name))
         with open(ca, "rb") as f:
