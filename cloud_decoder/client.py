@@ -5,12 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import grpc
-
 from icm_rpc import pb, pb_grpc
+from icm_rpc.channels import open_channel
 from icm_rpc.tls import TLSFiles, client_credentials
-
-from .server import MAX_MESSAGE_BYTES
 
 __all__ = ["AnalystClient", "Watch"]
 
@@ -18,12 +15,9 @@ __all__ = ["AnalystClient", "Watch"]
 class AnalystClient:
     def __init__(self, target: str, token: str = "", tls: TLSFiles | None = None,
                  server_name: str = "", timeout: float = 60.0) -> None:
-        opts: list[tuple[str, object]] = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
-        if server_name:
-            opts.append(("grpc.ssl_target_name_override", server_name))
         tls = tls or TLSFiles()
-        self.channel = (grpc.secure_channel(target, client_credentials(tls), opts)
-                        if tls.enabled else grpc.insecure_channel(target, opts))
+        self.channel = open_channel(target, client_credentials(tls) if tls.enabled else None,
+                                    server_name)
         self.stub = pb_grpc.AnalystStub(self.channel)
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self.timeout = timeout

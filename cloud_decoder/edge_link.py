@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Iterator
 
 import grpc
@@ -13,17 +12,13 @@ from icm_rpc import pb, pb_grpc
 from icm_rpc.tls import peer_identities
 
 from .metrics import CloudMetrics
-from .pipeline import IngestItem, IngestPipeline
+from .pipeline import IngestItem, IngestPipeline, now_us
 from .sessions import EdgeSession, SessionRegistry
 from .storage import CameraRow, Store
 
 __all__ = ["EdgeLinkServicer"]
 
 log = logging.getLogger("icm.cloud")
-
-
-def _now_us() -> int:
-    return time.time_ns() // 1000
 
 
 class EdgeLinkServicer(pb_grpc.EdgeLinkServicer):
@@ -55,7 +50,7 @@ class EdgeLinkServicer(pb_grpc.EdgeLinkServicer):
         self.metrics.active_sessions.set(len(self.sessions))
         self.store.upsert_camera(CameraRow(
             hello.camera_id, hello.width, hello.height, hello.base_model_id,
-            hello.enhancement_model_id, self.instance, True, _now_us()))
+            hello.enhancement_model_id, self.instance, True, now_us()))
         last = self.store.last_frame_id(hello.camera_id)
         log.info("camera %s connected from %s (stored up to frame %d)", hello.camera_id,
                  context.peer(), last)
@@ -72,7 +67,7 @@ class EdgeLinkServicer(pb_grpc.EdgeLinkServicer):
                 yield msg
         finally:
             if self.sessions.close(session):
-                self.store.set_offline(hello.camera_id, self.instance, _now_us())
+                self.store.set_offline(hello.camera_id, self.instance, now_us())
             self.metrics.active_sessions.set(len(self.sessions))
             log.info("camera %s disconnected", hello.camera_id)
 
@@ -93,7 +88,7 @@ class EdgeLinkServicer(pb_grpc.EdgeLinkServicer):
                         m.rejected.labels(cam, "frame id not increasing").inc()
                         continue
                     last_id = f.frame_id
-                    self.pipeline.submit(IngestItem(session, f, _now_us()))
+                    self.pipeline.submit(IngestItem(session, f, now_us()))
                 elif kind == "enhancement":
                     session.resolve(msg.enhancement)
         except grpc.RpcError:

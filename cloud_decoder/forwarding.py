@@ -25,13 +25,13 @@ import threading
 import grpc
 
 from icm_rpc import pb, pb_grpc
+from icm_rpc.channels import open_channel
 from icm_rpc.tls import TLSFiles, certificate_name
 
 __all__ = ["FORWARDED_HEADER", "Forwarder"]
 
 FORWARDED_HEADER = "icm-forwarded-by"
 _PASSED_ON = ("authorization",)
-_MAX_MESSAGE_BYTES = 64 << 20
 
 
 class Forwarder:
@@ -44,14 +44,11 @@ class Forwarder:
         self.default_timeout_s = default_timeout_s
         self._channels: dict[str, grpc.Channel] = {}
         self._lock = threading.Lock()
-        self._options: list[tuple[str, object]] = [
-            ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES)]
+        self._server_name = ""
         self._credentials = None
         if self.tls.enabled:
             if self.tls.cert is not None:
-                name = certificate_name(self.tls.cert)
-                if name:
-                    self._options.append(("grpc.ssl_target_name_override", name))
+                self._server_name = certificate_name(self.tls.cert)
             self._credentials = grpc.ssl_channel_credentials(
                 root_certificates=self.tls.read("ca"))
 
@@ -59,9 +56,7 @@ class Forwarder:
         with self._lock:
             ch = self._channels.get(target)
             if ch is None:
-                ch = (grpc.secure_channel(target, self._credentials, self._options)
-                      if self._credentials is not None
-                      else grpc.insecure_channel(target, self._options))
+                ch = open_channel(target, self._credentials, self._server_name)
                 self._channels[target] = ch
         return pb_grpc.AnalystStub(ch)
 

@@ -21,7 +21,7 @@ from .metrics import CloudMetrics
 from .sessions import EdgeSession
 from .storage import FrameRow, Store
 
-__all__ = ["IngestItem", "IngestPipeline"]
+__all__ = ["IngestItem", "IngestPipeline", "now_us"]
 
 log = logging.getLogger("icm.cloud")
 
@@ -33,7 +33,8 @@ class IngestItem:
     arrival_us: int
 
 
-def _now_us() -> int:
+def now_us() -> int:
+    """Unix time in microseconds, the unit of every timestamp the cloud stores."""
     return time.time_ns() // 1000
 
 
@@ -124,7 +125,7 @@ class IngestPipeline:
                 self._reject(it, str(e))
         rows = self._analyse(todo)
         new = self.store.add_frames(rows)
-        stored_us = _now_us()
+        stored_us = now_us()
         for row, is_new in zip(rows, new, strict=True):
             if not is_new:
                 m.duplicates.inc()
@@ -178,7 +179,7 @@ class IngestPipeline:
             rows.append(FrameRow(
                 camera_id=it.session.camera_id, frame_id=it.frame.frame_id,
                 capture_us=it.frame.capture_time_us or it.arrival_us, arrival_us=it.arrival_us,
-                stored_us=_now_us(), width=h.width, height=h.height, base_bytes=n,
+                stored_us=now_us(), width=h.width, height=h.height, base_bytes=n,
                 bpp=8.0 * n / max(1, h.width * h.height), detections=dets,
                 base_layer=bytes(it.frame.layer)))
         return rows

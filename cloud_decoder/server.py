@@ -27,6 +27,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from icm_rpc import pb_grpc
+from icm_rpc.channels import MAX_MESSAGE_BYTES
 from icm_rpc.metrics import MetricsServer
 from icm_rpc.tls import TLSFiles, server_credentials
 
@@ -39,10 +40,9 @@ from .pipeline import IngestPipeline
 from .sessions import SessionRegistry
 from .storage import Store, open_store
 
-__all__ = ["MAX_MESSAGE_BYTES", "CloudConfig", "CloudServer", "serve"]
+__all__ = ["CloudConfig", "CloudServer", "serve"]
 
 log = logging.getLogger("icm.cloud")
-MAX_MESSAGE_BYTES = 64 << 20
 ANALYST_PREFIX = "/icm.v1.Analyst/"
 SERVICE_NAMES = ("icm.v1.EdgeLink", "icm.v1.Analyst")
 

@@ -28,32 +28,18 @@ import grpc
 
 from icm_rpc import pb, pb_grpc
 from icm_rpc.backoff import Backoff
+from icm_rpc.channels import open_channel
 from icm_rpc.tls import TLSFiles, client_credentials
 
 from .encoder import EdgeEncoder
 from .metrics import EdgeMetrics
 from .spool import Spool
 
-__all__ = ["MAX_MESSAGE_BYTES", "EdgeLink"]
+__all__ = ["EdgeLink"]
 
 log = logging.getLogger("icm.edge")
-MAX_MESSAGE_BYTES = 64 << 20
 FATAL_CODES = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
                grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNIMPLEMENTED)
-
-
-def channel_options(server_name: str = "") -> list[tuple[str, object]]:
-    opts: list[tuple[str, object]] = [
-        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.keepalive_time_ms", 20_000),
-        ("grpc.keepalive_timeout_ms", 10_000),
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.max_pings_without_data", 0),
-    ]
-    if server_name:
-        opts.append(("grpc.ssl_target_name_override", server_name))
-    return opts
 
 
 class EdgeLink:
@@ -110,10 +96,8 @@ class EdgeLink:
             self._wake.notify_all()
 
     def _channel(self) -> grpc.Channel:
-        opts = channel_options(self.server_name)
-        if self.tls.enabled:
-            return grpc.secure_channel(self.target, client_credentials(self.tls), opts)
-        return grpc.insecure_channel(self.target, opts)
+        creds = client_credentials(self.tls) if self.tls.enabled else None
+        return open_channel(self.target, creds, self.server_name, keepalive=True)
 
     def _run(self) -> None:
         first = True

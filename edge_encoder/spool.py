@@ -169,22 +169,30 @@ class Spool:
     def store_enhancement(self, frame_id: int, layer: bytes) -> None:
         """Keep a lazily encoded layer so that a second request costs nothing."""
         with self._lock:
-            self._db.execute("UPDATE retained SET enhancement = ? WHERE frame_id = ?",
-                             (layer, frame_id))
+            cur = self._db.execute("UPDATE retained SET enhancement = ?, nbytes = nbytes + ? "
+                                   "WHERE frame_id = ? AND enhancement IS NULL",
+                                   (layer, len(layer), frame_id))
+            if cur.rowcount:
+                self._retained_bytes += len(layer)
 
     def retained_stats(self) -> tuple[int, int]:
         with self._lock:
             return self._scalar("SELECT COUNT(*) FROM retained"), self._retained_bytes
 
     def _expire_retained(self) -> None:
+        """Drop retained frames older than the retention time, then the oldest until the
+        tracked size fits (the caller holds the lock)."""
         cutoff = int((time.time() - self.retention_s) * 1e6)
-        self._db.execute("DELETE FROM retained WHERE capture_us < ?", (cutoff,))
-        total = self._scalar("SELECT COALESCE(SUM(nbytes), 0) FROM retained")
-        while total > self.max_retained_bytes:
+        old = self._db.execute("SELECT COALESCE(SUM(nbytes), 0) FROM retained WHERE "
+                               "capture_us < ?", (cutoff,)).fetchone()[0]
+        if old:
+            self._db.execute("DELETE FROM retained WHERE capture_us < ?", (cutoff,))
+            self._retained_bytes -= int(old)
+        while self._retained_bytes > self.max_retained_bytes:
             row = self._db.execute("SELECT frame_id, nbytes FROM retained ORDER BY frame_id "
                                    "LIMIT 1").fetchone()
             if row is None:
+                self._retained_bytes = 0
                 break
             self._db.execute("DELETE FROM retained WHERE frame_id = ?", (row[0],))
-            total -= int(row[1])
-        self._retained_bytes = total
+            self._retained_bytes -= int(row[1])

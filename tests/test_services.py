@@ -452,6 +452,11 @@ def test_spool_bounds_and_drop_policy(tmp_path):
     assert [f.frame_id for f in spool.pending_after(0)] == [4, 5]
     assert spool.retained(1) is None and spool.retained(5) is not None
     assert spool.ack(4) == 1 and spool.pending_stats() == (1, 100)
+    before = spool.retained_stats()[1]
+    spool.store_enhancement(5, bytes(30))  # a lazily encoded layer counts towards the bound
+    assert spool.retained_stats()[1] == before + 30
+    spool.store_enhancement(5, bytes(30))  # kept once
+    assert spool.retained_stats()[1] == before + 30
     spool.close()
     again = Spool(tmp_path / "s.sqlite3", "cam")
     assert again.next_frame_id() == 6
