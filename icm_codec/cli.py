@@ -237,16 +237,30 @@ def _train_configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", default="lite", choices=["lite", "tcm"])
     p.add_argument("--N", type=int, default=128)
     p.add_argument("--m", type=int, default=4, help="enhancement slices")
-    p.add_argument("--model-id", default="")
+    p.add_argument("--model-id", default="", help="default: KIND-ARCH-lLAMBDA")
+    p.add_argument("--init", help="package (path, model id or digest) or run checkpoint "
+                   "(last.pt) whose fitting weights start the run (warm start)")
     p.add_argument("--steps", type=int, default=20000)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--crop", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--crop", type=int, default=256)
+    p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate")
+    p.add_argument("--warmup", type=int, default=500, help="warm-up steps")
+    p.add_argument("--decay", type=int, default=4000,
+                   help="cosine decay over the last DECAY steps")
+    p.add_argument("--ema", type=float, default=0.999,
+                   help="weight-average decay (validation and export use the average)")
+    p.add_argument("--video-share", type=float, default=0.15,
+                   help="largest share of crops taken from video frames")
+    p.add_argument("--min-scale", type=float, default=0.5,
+                   help="crops are downscaled by a random factor in [MIN_SCALE, 1]")
     p.add_argument("--checkpoint-minutes", type=float, default=5.0)
+    p.add_argument("--export-minutes", type=float, default=30.0,
+                   help="refresh model.icmpkg at least this often")
     p.add_argument("--val-every", type=int, default=500)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--export", help="also copy the exported package here")
+    p.add_argument("--plan-job", help=argparse.SUPPRESS)  # set by `icm plan run`: on the card
 
 
 @command("train", "train a codec (resumes from the run directory's last checkpoint)",
@@ -262,9 +276,12 @@ def _train(args: argparse.Namespace) -> int:
         out=args.out or f"runs/{args.kind}-l{args.lmbda:g}", mask=args.mask or "",
         alpha=args.alpha, sam_checkpoint=args.sam_checkpoint, seg_weights=args.seg_weights,
         annotations=args.annotations, base=args.base, arch=args.arch, N=args.N, m=args.m,
-        model_id=args.model_id, steps=args.steps, batch=args.batch, crop=args.crop, lr=args.lr,
-        device=args.device, seed=args.seed, checkpoint_minutes=args.checkpoint_minutes,
-        val_every=args.val_every, threads=args.threads,
+        model_id=args.model_id, init=args.init, steps=args.steps, batch=args.batch,
+        crop=args.crop, lr=args.lr, warmup=args.warmup, decay=args.decay, ema=args.ema,
+        video_share=args.video_share, min_scale=args.min_scale, device=args.device,
+        seed=args.seed, checkpoint_minutes=args.checkpoint_minutes,
+        export_minutes=args.export_minutes, val_every=args.val_every, threads=args.threads,
+        extra={"plan_job": args.plan_job} if args.plan_job else {},
     )
     path = train(cfg)
     if args.export:
@@ -272,6 +289,48 @@ def _train(args: argparse.Namespace) -> int:
         shutil.copyfile(path, args.export)
         print(f"copied to {args.export}")
     return 0
+
+
+# -- plan ------------------------------------------------------------------------------------
+def _plan_configure(p: argparse.ArgumentParser) -> None:
+    from .train.plan import DEFAULT_PLAN
+
+    p.add_argument("action", choices=["run", "status"],
+                   help="run: train every unfinished job; status: steps done per job")
+    p.add_argument("--plan", default=str(DEFAULT_PLAN), help="plan file (TOML)")
+    p.add_argument("--runs", default=str(Path.home() / ".cache" / "icm" / "runs"),
+                   help="run directories (keep them outside the work tree)")
+    p.add_argument("--data-root", default="../shared/data",
+                   help="folder the plan's data paths are relative to")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--jobs", type=int, default=2,
+                   help="jobs at once (CPU: single-thread processes; 0: all ready jobs)")
+    p.add_argument("--only", nargs="*", help="run only these job ids")
+    p.add_argument("--nice", type=int, default=10, help="niceness of the training processes")
+
+
+@command("plan", "run the declarative training plan behind the shipped packages", _plan_configure)
+def _plan(args: argparse.Namespace) -> int:
+    from .train.plan import job_status, load_plan, run_plan
+
+    plan = load_plan(args.plan)
+    runs = Path(args.runs).expanduser()
+    if args.action == "status":
+        print(f"{'job':34} {'kind':12} {'steps':>7} {'planned':>8} {'shipped':>8}  state")
+        for job in plan.order():
+            st = job_status(job, runs)
+            state = "finished" if st["finished"] else ("running/partial" if st["steps"]
+                                                       else "not started")
+            print(f"{job.id:34} {job.kind:12} {st['steps']:>7} {st['planned']:>8} "
+                  f"{st['shipped_steps'] if st['shipped_steps'] is not None else '-':>8}  "
+                  f"{state}")
+        return 0
+    data_root = Path(args.data_root)
+    if not data_root.is_dir():
+        raise ValueError(f"data root not found: {data_root}")
+    failed = run_plan(plan, runs, data_root, device=args.device, jobs=args.jobs,
+                      only=args.only, nice=args.nice)
+    return 1 if failed else 0
 
 
 # -- eval-rd ---------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from .entropy import RansTables
 from .errors import BitstreamError
 from .intnet import ACT_FRAC, IN_BITS, IntConv2d, fake_quant_input, ste_round, to_int_input
 
-__all__ = ["MEAN_FRAC", "SCALE_TABLE", "ChannelConditionalCoder"]
+__all__ = ["MEAN_FRAC", "SCALE_TABLE", "ChannelConditionalCoder", "floor_log_scale"]
 
 MEAN_FRAC = 8  # means on a 1/256 grid: ŷ = symbol + μ_int / 256 is exact in float32
 LOG_SCALE_FRAC = 3  # log σ on a 1/8 grid: table index = clamp(L_int − L_MIN, 0, T − 1)
@@ -36,6 +36,33 @@ L_MIN = math.floor(math.log(0.11) * 2**LOG_SCALE_FRAC)  # σ_min ≈ 0.105
 L_MAX = math.ceil(math.log(256.0) * 2**LOG_SCALE_FRAC)  # σ_max ≈ 256
 SCALE_TABLE = [math.exp(v / 2**LOG_SCALE_FRAC) for v in range(L_MIN, L_MAX + 1)]
 _Y_LIMIT = 2.0**15  # decoded latents are clamped to a sane range before synthesis
+
+
+class _SoftFloor(torch.autograd.Function):
+    """max(x, floor) whose gradient still flows where it would raise x off the floor."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, floor: float) -> Tensor:
+        ctx.save_for_backward(x)
+        ctx.floor = floor
+        return x.clamp_min(floor)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        (x,) = ctx.saved_tensors
+        return grad * ((x >= ctx.floor) | (grad < 0)).to(grad.dtype), None
+
+
+def floor_log_scale(log_s: Tensor) -> Tensor:
+    """log σ bounded to the scale table's range [L_MIN, L_MAX] / 8.
+
+    ``torch.clamp`` passes no gradient at its bounds, so a channel whose σ once fell to the
+    floor (an unused channel) could never come back when the loss needs it again; the floor
+    here passes the gradients that push upwards (as CompressAI's ``LowerBound`` does). Values on
+    the 1/8 grid stay on it: training sees exactly the scales the coder's table holds.
+    """
+    low = _SoftFloor.apply(log_s, L_MIN / 2**LOG_SCALE_FRAC)
+    return low.clamp(max=L_MAX / 2**LOG_SCALE_FRAC)
 
 
 def _conv(cin: int, cout: int, k: int, stride: int = 1) -> nn.Conv2d:
@@ -129,7 +156,7 @@ class ChannelConditionalCoder(nn.Module):
         self.context = nn.ModuleList(
             _SliceContext(feature_channels + k * s, s, context_channels) for k in range(n_slices)
         )
-        self.gaussian_conditional = GaussianConditional(SCALE_TABLE)
+        self.gaussian_conditional = GaussianConditional(SCALE_TABLE, scale_bound=SCALE_TABLE[0])
         self._z_tables: RansTables | None = None
         self._y_tables: RansTables | None = None
 
@@ -144,7 +171,7 @@ class ChannelConditionalCoder(nn.Module):
         y_hats, y_liks, prev = [], [], []
         for k, y_k in enumerate(y.split(self.slice_channels, dim=1)):
             mu, log_s = self.context[k](torch.cat([feats, *prev], dim=1))
-            log_s = log_s.clamp(L_MIN / 2**LOG_SCALE_FRAC, L_MAX / 2**LOG_SCALE_FRAC)
+            log_s = floor_log_scale(log_s)
             _, lik = self.gaussian_conditional(y_k, torch.exp(log_s), mu)
             y_hat_k = ste_round(y_k - mu) + mu
             y_hats.append(y_hat_k)

@@ -1,11 +1,22 @@
-"""Minimal optimisation loop shared by tests and the training CLI.
+"""The optimisation step shared by the trainer (``icm train``), the tests and the CUDA check.
 
-The full trainer (data sets, masks, checkpoints, schedules) builds on :func:`fit_steps`.
+Three parts a codec needs beyond a plain Adam loop, each here once:
+
+- :func:`make_optimizers`: the entropy bottleneck's density (the prior of z) learns at a much
+  higher rate than the transforms. At the main rate its wide initial density stays far from the
+  data for thousands of steps, and z then costs several times its entropy.
+- :class:`LRSchedule`: warm-up, a plateau at the peak and a decay over the last steps, all in
+  steps (not fractions of a run), saved in the checkpoint so a resumed run keeps its schedule.
+- :class:`WeightEMA`: an exponential moving average of the weights, which is what validation
+  and export use (smoother than the last step's weights, and free).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import Tensor
@@ -13,18 +24,161 @@ from torch import Tensor
 from .losses import rate_distortion_loss
 from .models import LayerCodec
 
-__all__ = ["fit_steps", "make_optimizers", "random_crops"]
+__all__ = ["DENSITY_LR_SCALE", "LRSchedule", "WeightEMA", "fit_steps", "make_optimizers",
+           "random_crops", "train_step"]
+
+DENSITY_LR_SCALE = 10.0  # entropy-bottleneck density parameters: this many times the main rate
 
 
-def make_optimizers(model: LayerCodec, lr: float = 1e-4, aux_lr: float = 1e-3
+def _is_density(name: str) -> bool:
+    return ".entropy_bottleneck." in f".{name}" and not name.endswith(".quantiles")
+
+
+def make_optimizers(model: LayerCodec, lr: float = 1e-4, aux_lr: float = 1e-3, *,
+                    density_lr_scale: float = DENSITY_LR_SCALE
                     ) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
-    """Main optimizer for everything but the entropy-bottleneck quantiles, aux for those."""
-    main, aux = [], []
+    """Main optimizer (two groups: transforms and contexts at ``lr``; the z density at
+    ``lr × density_lr_scale``) and the auxiliary one for the entropy-bottleneck quantiles.
+
+    Each main group carries ``lr_scale``: :func:`set_lr` multiplies the scheduled rate by it.
+    """
+    main, density, aux = [], [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (aux if name.endswith(".quantiles") else main).append(p)
-    return torch.optim.Adam(main, lr=lr), torch.optim.Adam(aux, lr=aux_lr)
+        if name.endswith(".quantiles"):
+            aux.append(p)
+        elif _is_density(name):
+            density.append(p)
+        else:
+            main.append(p)
+    groups = [{"params": main, "lr": lr, "lr_scale": 1.0}]
+    if density:
+        groups.append({"params": density, "lr": lr * density_lr_scale,
+                       "lr_scale": density_lr_scale})
+    return torch.optim.Adam(groups, lr=lr), torch.optim.Adam(aux, lr=aux_lr)
+
+
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for g in opt.param_groups:
+        g["lr"] = lr * g.get("lr_scale", 1.0)
+
+
+@dataclass
+class LRSchedule:
+    """Learning rate by step: linear warm-up to ``peak``, plateau, then a cosine decay to
+    ``peak × final_ratio`` over the steps ``[end − decay, end)``; the final rate after ``end``.
+
+    It is stored in the checkpoint; :meth:`extended` lengthens a run without changing the rate
+    of any step already taken.
+    """
+
+    peak: float = 3e-4
+    warmup: int = 500
+    end: int = 20000
+    decay: int = 4000
+    final_ratio: float = 0.02
+
+    def __post_init__(self) -> None:
+        if self.peak <= 0 or self.warmup < 0 or self.end < 1 or self.decay < 0:
+            raise ValueError(f"invalid learning-rate schedule {self}")
+        if not 0 < self.final_ratio <= 1:
+            raise ValueError("final_ratio must lie in (0, 1]")
+        self.decay = min(self.decay, self.end)
+
+    @property
+    def decay_start(self) -> int:
+        return self.end - self.decay
+
+    def __call__(self, step: int) -> float:
+        lr = self.peak
+        if self.warmup and step < self.warmup:
+            lr *= (step + 1) / self.warmup
+        if step >= self.decay_start:
+            t = min(1.0, (step - self.decay_start) / max(1, self.decay))
+            lr *= self.final_ratio + (1 - self.final_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+        return lr
+
+    def extended(self, end: int, step: int) -> LRSchedule:
+        """The schedule of a run asked to end at ``end`` when ``step`` steps are done.
+
+        Before the decay has begun the plateau grows (or shrinks) so the decay ends at ``end``;
+        once it has begun the schedule stays as it is, and steps past its end run at the final
+        rate: the rate of a step already taken never changes, and never jumps back up.
+        """
+        if end != self.end and step <= min(self.decay_start, end - self.decay):
+            return replace(self, end=end)
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict) -> LRSchedule:
+        return LRSchedule(**d)
+
+
+class WeightEMA:
+    """Exponential moving average of a model's floating-point parameters.
+
+    The decay ramps up from ~0.5 (``(1 + n) / (10 + n)`` after n updates) to ``decay``, so a
+    fresh or warm-started run is not dragged towards its initial weights.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float = 0.999) -> None:
+        self.decay = decay
+        self.updates = 0
+        self.shadow = {k: p.detach().clone() for k, p in model.named_parameters()
+                       if p.dtype.is_floating_point}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for k, p in model.named_parameters():
+            if k in self.shadow:
+                self.shadow[k].lerp_(p.detach(), 1 - d)
+
+    @contextmanager
+    @torch.no_grad()
+    def applied(self, model: torch.nn.Module) -> Iterator[None]:
+        """Within the block the model holds the averaged weights; its own come back after."""
+        params = dict(model.named_parameters())
+        saved = {k: params[k].detach().clone() for k in self.shadow}
+        for k, v in self.shadow.items():
+            params[k].copy_(v)
+        try:
+            yield
+        finally:
+            for k, v in saved.items():
+                params[k].copy_(v)
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "updates": self.updates, "shadow": self.shadow}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.decay, self.updates = state["decay"], state["updates"]
+        for k, v in state["shadow"].items():
+            if k in self.shadow:
+                self.shadow[k].copy_(v)
+
+
+def train_step(model: LayerCodec, opt: torch.optim.Optimizer, aux_opt: torch.optim.Optimizer,
+               x: Tensor, lmbda: float, *, reference: Tensor | None = None,
+               mask: Tensor | None = None, clip: float = 1.0) -> dict[str, Tensor]:
+    """One rate-distortion step and one auxiliary (quantile) step; returns the loss terms
+    (detached) with ``aux``."""
+    out = model(x, reference)
+    terms = rate_distortion_loss(out, x, lmbda, mask)
+    opt.zero_grad(set_to_none=True)
+    terms["loss"].backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    opt.step()
+    aux = model.aux_loss()
+    aux_opt.zero_grad(set_to_none=True)
+    aux.backward()
+    aux_opt.step()
+    return {k: v.detach() for k, v in terms.items()} | {"aux": aux.detach()}
 
 
 def random_crops(images: list[Tensor], batch: int, crop: int, gen: torch.Generator) -> Tensor:
@@ -42,30 +196,26 @@ def random_crops(images: list[Tensor], batch: int, crop: int, gen: torch.Generat
 def fit_steps(model: LayerCodec, images: list[Tensor], steps: int, lmbda: float, *,
               crop: int = 64, batch: int = 4, lr: float = 1e-4, seed: int = 0,
               reference: Callable[[Tensor], Tensor] | None = None,
-              clip: float = 1.0) -> list[float]:
-    """Run ``steps`` rate-distortion steps; returns the loss history.
+              clip: float = 1.0, warmup: int = 0,
+              density_lr_scale: float = DENSITY_LR_SCALE) -> list[float]:
+    """Run ``steps`` rate-distortion steps (linear warm-up, then a constant rate); returns the
+    loss history.
 
     ``reference`` maps a batch to what a dependent layer needs from the frozen base.
     """
     gen = torch.Generator().manual_seed(seed)
-    opt, aux_opt = make_optimizers(model, lr)
+    opt, aux_opt = make_optimizers(model, lr, density_lr_scale=density_lr_scale)
+    schedule = LRSchedule(lr, warmup, max(1, steps), 0)
     model.train()
     history = []
-    for _ in range(steps):
+    for step in range(steps):
+        set_lr(opt, schedule(step))
         x = random_crops(images, batch, crop, gen)
         ref = None
         if reference is not None:
             with torch.no_grad():
                 ref = reference(x)
-        out = model(x, ref)
-        terms = rate_distortion_loss(out, x, lmbda)
-        opt.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        opt.step()
-        aux_opt.zero_grad(set_to_none=True)
-        model.aux_loss().backward()
-        aux_opt.step()
-        history.append(float(terms["loss"].detach()))
+        terms = train_step(model, opt, aux_opt, x, lmbda, reference=ref, clip=clip)
+        history.append(float(terms["loss"]))
     model.eval()
     return history

@@ -5,13 +5,16 @@
     residual     L = R + λ·mse(x, x̂_machine + r̂)          (difference compression, base frozen)
     single       L = R(y) + R(z) + λ·mse(x, x̂)
 
-A run directory holds ``last.pt`` (model, optimizers, scheduler, step, RNG: written atomically
-every ``checkpoint_minutes``), ``metrics.csv`` and the exported ``model.icmpkg``. Starting the
-same command again resumes from ``last.pt``; a killed run loses at most one interval.
+A run directory holds ``last.pt`` (model, optimizers, weight average, learning-rate schedule,
+step, data RNG: written atomically every ``checkpoint_minutes``), ``metrics.csv`` and the
+exported ``model.icmpkg`` (the averaged weights, refreshed every ``export_minutes`` and at the
+end). Starting the same command again resumes from ``last.pt``; a killed run loses at most one
+interval. Without a checkpoint, ``init`` warm-starts from a package or another run.
 """
 
 from __future__ import annotations
 
+import copy
 import csv
 import dataclasses
 import math
@@ -27,8 +30,9 @@ from ..config import CodecConfig
 from ..losses import psnr, rate_distortion_loss
 from ..models import LayerCodec, create_model
 from ..package import load_package, save_package
-from ..training import make_optimizers
-from .data import Sample, load_dataset
+from ..registry import find_package
+from ..training import DENSITY_LR_SCALE, LRSchedule, WeightEMA, make_optimizers, set_lr, train_step
+from .data import VIDEO_EXTS, Sample, load_dataset
 from .masks import MaskMaker
 
 __all__ = ["TrainConfig", "train"]
@@ -51,47 +55,97 @@ class TrainConfig:
     N: int = 128
     m: int = 4
     model_id: str = ""
+    init: str | None = None  # package or checkpoint whose fitting weights start the run
     steps: int = 20000
-    batch: int = 8
-    crop: int = 128
-    lr: float = 1e-4
-    lr_drops: tuple[float, ...] = (0.75, 0.9)  # fractions of steps where lr is divided by 10
+    batch: int = 2
+    crop: int = 256
+    lr: float = 3e-4  # peak of the schedule
+    warmup: int = 500
+    decay: int = 4000  # cosine decay over the last `decay` steps (step-based, in the checkpoint)
+    final_lr_ratio: float = 0.02
+    density_lr_scale: float = DENSITY_LR_SCALE
+    ema: float = 0.999  # validation and export use the moving average of the weights
     clip: float = 1.0
     device: str = "cpu"
     seed: int = 0
     checkpoint_minutes: float = 5.0
+    export_minutes: float = 30.0  # a fresh model.icmpkg at least this often
     val_every: int = 500
     max_side: int = 1024
     video_stride: int = 5
+    video_share: float = 0.15  # at most this share of crops from video frames
+    min_scale: float = 0.5  # crops are downscaled by a random factor in [min_scale, 1]
     threads: int = 0
-    extra: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)  # e.g. the plan entry, recorded on the card
 
     def mask_kind(self) -> str:
         return self.mask or ("edges" if self.kind == "base" else "full")
 
+    def resolved_model_id(self) -> str:
+        return self.model_id or f"{self.kind}-{self.arch}-l{self.lmbda:g}"
+
+
+def _is_video(sample: Sample) -> bool:
+    return "#" in sample.key and Path(sample.key.rsplit("#", 1)[0]).suffix.lower() in VIDEO_EXTS
+
+
+def sampling_weights(samples: list[Sample], video_share: float) -> np.ndarray:
+    """Probability of drawing each sample: every still image alike, and all frames of the
+    videos together at most ``video_share`` (one static, already-compressed scene would
+    otherwise give a large share of all crops)."""
+    video = np.array([_is_video(s) for s in samples])
+    w = np.ones(len(samples))
+    n_vid, n_img = int(video.sum()), int((~video).sum())
+    if n_vid and n_img:
+        share = min(video_share, n_vid / len(samples))
+        w[video] = share / n_vid
+        w[~video] = (1 - share) / n_img
+    return w / w.sum()
+
 
 class _Batches:
-    """Seeded random crops (and their masks) from in-memory samples."""
+    """Seeded random crops (and their masks) from in-memory samples, balanced by source and
+    randomly downscaled (a crop of ``crop / s`` pixels resized to ``crop``, s in
+    ``[min_scale, 1]``), so the codec sees objects at more than one scale."""
 
     def __init__(self, samples: list[Sample], masks: list[np.ndarray], crop: int,
-                 seed: int) -> None:
+                 seed: int, *, video_share: float = 1.0, min_scale: float = 1.0) -> None:
         keep = [i for i, s in enumerate(samples) if min(s.image.shape[:2]) >= crop]
         if not keep:
             raise ValueError(f"no training image is at least {crop}x{crop}")
         self.samples = [samples[i] for i in keep]
         self.masks = [masks[i] for i in keep]
+        self.p = sampling_weights(self.samples, video_share)
         self.crop = crop
+        self.min_scale = min_scale
         self.rng = np.random.default_rng(seed)
 
+    def _window(self, img: np.ndarray) -> int:
+        """Side of the source window: crop / s for a random scale s the image allows."""
+        largest = min(img.shape[:2])
+        lo = max(self.min_scale, self.crop / largest)
+        if lo >= 1.0:
+            return self.crop
+        s = float(np.exp(self.rng.uniform(np.log(lo), 0.0)))
+        return min(largest, round(self.crop / s))
+
     def next(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        from PIL import Image
+
         xs, ms = [], []
         c = self.crop
         for _ in range(batch):
-            i = int(self.rng.integers(len(self.samples)))
+            i = int(self.rng.choice(len(self.samples), p=self.p))
             img, mask = self.samples[i].image, self.masks[i]
-            r = int(self.rng.integers(img.shape[0] - c + 1))
-            q = int(self.rng.integers(img.shape[1] - c + 1))
-            patch, mpatch = img[r : r + c, q : q + c], mask[r : r + c, q : q + c]
+            win = self._window(img)
+            r = int(self.rng.integers(img.shape[0] - win + 1))
+            q = int(self.rng.integers(img.shape[1] - win + 1))
+            patch, mpatch = img[r : r + win, q : q + win], mask[r : r + win, q : q + win]
+            if win != c:
+                patch = np.asarray(Image.fromarray(patch).resize((c, c), Image.BICUBIC,
+                                                                  reducing_gap=2.0))
+                mpatch = np.asarray(Image.fromarray(mpatch.astype(np.uint8) * 255)
+                                    .resize((c, c), Image.BILINEAR)) >= 128
             if self.rng.random() < 0.5:
                 patch, mpatch = patch[:, ::-1], mpatch[:, ::-1]
             xs.append(np.ascontiguousarray(patch))
@@ -102,16 +156,19 @@ class _Batches:
 
 
 def _val_tensors(samples: list[Sample], masks: list[np.ndarray], size: int = 256,
-                 limit: int = 16) -> list[tuple[torch.Tensor, torch.Tensor]]:
+                 limit: int = 24) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Centre crops of the held-out photos (video frames only when there are no photos)."""
+    pairs = list(zip(samples, masks, strict=True))
+    photos = [(s, m) for s, m in pairs if not _is_video(s)]
     out = []
-    for s, m in list(zip(samples, masks, strict=True))[:limit]:
+    for s, m in (photos or pairs)[:limit]:
         h, w = s.image.shape[:2]
         if min(h, w) < 64:
             continue
         hh, ww = min(size, h) // 64 * 64, min(size, w) // 64 * 64
         r, c = (h - hh) // 2, (w - ww) // 2
-        x = torch.from_numpy(np.ascontiguousarray(s.image[r : r + hh, c : c + ww]))
-        mt = torch.from_numpy(np.ascontiguousarray(m[r : r + hh, c : c + ww]))
+        x = torch.from_numpy(np.array(s.image[r : r + hh, c : c + ww]))
+        mt = torch.from_numpy(np.array(m[r : r + hh, c : c + ww]))
         out.append((x.permute(2, 0, 1)[None].float() / 255, mt[None, None].float()))
     return out
 
@@ -132,25 +189,76 @@ class _Reference:
         return self.base.g_s(y_hat).clamp(0, 1)
 
 
+@dataclass
+class InitRecord:
+    """Where a run's starting weights came from (recorded on the model card)."""
+
+    source: str
+    model_id: str
+    digest: str
+    copied: int
+    total: int
+    steps: int  # steps already behind those weights when they continue the same model
+    wall_s: float
+
+
+def _init_state(path: str, device: str) -> tuple[dict[str, torch.Tensor], str, str, dict]:
+    """(state dict, model id, digest, meta) of a package, or of a run checkpoint (its EMA)."""
+    p = Path(path)
+    if p.suffix == ".pt":
+        ck = torch.load(p, map_location=device, weights_only=False)
+        state = dict(ck["model"])
+        if ck.get("ema"):
+            state.update(ck["ema"]["shadow"])
+        meta = {"steps": ck["step"], "wall_s": ck["wall"]}
+        return state, ck["config"].get("model_id", ""), "", meta
+    pkg = load_package(find_package(path), device)
+    return pkg.model.state_dict(), pkg.config.model_id, pkg.digest, pkg.config.meta
+
+
+def warm_start(model: LayerCodec, path: str, device: str = "cpu") -> InitRecord:
+    """Copy every tensor of ``path`` whose name and shape fit ``model``.
+
+    A different kind or a different latent split fits in part (an enhancement layer takes the
+    trunk's g_a body and g_s); whatever does not fit keeps its fresh initialisation. An
+    enhancement layer's analysis output that did not fit starts at zero, so ŷa = 0 and its
+    human image starts as good as the base's. Weights of the same model id (a run continued
+    from its exported package) continue its step count.
+    """
+    state, model_id, digest, meta = _init_state(path, device)
+    own = model.state_dict()
+    fit = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape
+           and own[k].dtype.is_floating_point}
+    with torch.no_grad():
+        for k, v in fit.items():
+            own[k].copy_(v.to(own[k].dtype))
+        if model.kind == "enhancement":
+            last = [m for m in model.g_a.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+            names = {id(p): n for n, p in model.named_parameters()}
+            if names[id(last.weight)] not in fit:
+                last.weight.zero_()
+                last.bias.zero_()
+    same = model_id == model.config.model_id
+    params = {n for n, _ in model.named_parameters()}
+    return InitRecord(source=str(path), model_id=model_id, digest=digest,
+                      copied=len(params & set(fit)), total=len(params),
+                      steps=int(meta.get("steps", 0)) if same else 0,
+                      wall_s=float(meta.get("wall_s", 0.0)) if same else 0.0)
+
+
 def _build(cfg: TrainConfig) -> tuple[LayerCodec, LayerCodec | None]:
     base = None
     digest = ""
     if cfg.kind in ("enhancement", "residual"):
         if not cfg.base:
             raise ValueError(f"training a {cfg.kind} model needs --base PACKAGE")
-        pkg = load_package(cfg.base, cfg.device)
+        pkg = load_package(find_package(cfg.base), cfg.device)
         base, digest = pkg.model.eval(), pkg.digest
         for p in base.parameters():
             p.requires_grad_(False)
-    model_id = cfg.model_id or f"{cfg.kind}-{cfg.arch}-l{cfg.lmbda:g}"
-    config = CodecConfig(kind=cfg.kind, arch=cfg.arch, N=cfg.N, m=cfg.m, model_id=model_id,
-                         base_digest=digest)
+    config = CodecConfig(kind=cfg.kind, arch=cfg.arch, N=cfg.N, m=cfg.m,
+                         model_id=cfg.resolved_model_id(), base_digest=digest)
     return create_model(config).to(cfg.device), base
-
-
-def _lr_at(cfg: TrainConfig, step: int) -> float:
-    drops = sum(step >= f * cfg.steps for f in cfg.lr_drops)
-    return cfg.lr * (0.1**drops)
 
 
 @torch.no_grad()
@@ -175,8 +283,16 @@ def _validate(model: LayerCodec, ref: _Reference, val: list, lmbda: float, devic
             "val_psnr_mask": float(np.mean([psnr(v) for v in masked])) if masked else math.nan}
 
 
+_LOG_FIELDS = ("step", "loss", "bpp", "mse", "psnr", "lr", "aux", "val_bpp", "val_psnr",
+               "val_psnr_mask")
+
+
 def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
-    """Train (or resume) and export ``<out>/model.icmpkg``; returns its path."""
+    """Train (or resume) and export ``<out>/model.icmpkg``; returns its path.
+
+    Resumes from ``<out>/last.pt`` when it exists (model, optimizers, EMA, schedule, data
+    RNG); otherwise starts from ``cfg.init`` (if given) or from fresh weights.
+    """
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
@@ -184,17 +300,30 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
     torch.manual_seed(cfg.seed)
     model, base = _build(cfg)
     ref = _Reference(base, cfg.kind)
-    opt, aux_opt = make_optimizers(model, cfg.lr)
+    opt, aux_opt = make_optimizers(model, cfg.lr, density_lr_scale=cfg.density_lr_scale)
     ckpt_path = out / "last.pt"
     step, wall = 0, 0.0
-    rng_state = None
+    rng_state = ema_state = None
+    init: InitRecord | None = None
+    schedule = LRSchedule(cfg.lr, cfg.warmup, cfg.steps, cfg.decay, cfg.final_lr_ratio)
     if ckpt_path.is_file():
         ck = torch.load(ckpt_path, map_location=cfg.device, weights_only=False)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         aux_opt.load_state_dict(ck["aux_opt"])
         step, wall, rng_state = ck["step"], ck["wall"], ck["rng"]
+        schedule = LRSchedule.from_dict(ck["schedule"]).extended(cfg.steps, step)
+        init = InitRecord(**ck["init"]) if ck.get("init") else None
+        ema_state = ck.get("ema")
         print(f"resuming {ckpt_path} at step {step}")
+    elif cfg.init:
+        init = warm_start(model, cfg.init, cfg.device)
+        step, wall = init.steps, init.wall_s
+        print(f"initialised from {cfg.init}: {init.copied} of {init.total} parameter tensors"
+              + (f", continuing at step {step}" if step else ""))
+    ema = WeightEMA(model, cfg.ema)
+    if ema_state:
+        ema.load_state_dict(ema_state)
     train_s, val_s = load_dataset(cfg.data, max_side=cfg.max_side,
                                   video_stride=cfg.video_stride, annotations=cfg.annotations,
                                   progress=progress)
@@ -203,7 +332,8 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
                       seg_weights=cfg.seg_weights, device=cfg.device)
     masks = [maker(s) for s in tqdm(train_s + val_s, desc=f"{maker.kind} masks",
                                     disable=not progress)]
-    batches = _Batches(train_s, masks[: len(train_s)], cfg.crop, cfg.seed + step)
+    batches = _Batches(train_s, masks[: len(train_s)], cfg.crop, cfg.seed + step,
+                       video_share=cfg.video_share, min_scale=cfg.min_scale)
     if rng_state is not None:
         batches.rng.bit_generator.state = rng_state
     val = _val_tensors(val_s, masks[len(train_s):])
@@ -214,76 +344,79 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
     log_f = log_path.open("a", newline="")
     log = csv.writer(log_f)
     if new_log:
-        log.writerow(["step", "loss", "bpp", "mse", "psnr", "lr", "aux", "val_bpp",
-                      "val_psnr", "val_psnr_mask", "wall_s"])
+        log.writerow([*_LOG_FIELDS, "wall_s"])
 
     def checkpoint() -> None:
         tmp = ckpt_path.with_suffix(".tmp")
         torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
-                    "aux_opt": aux_opt.state_dict(), "step": step, "wall": wall,
-                    "rng": batches.rng.bit_generator.state,
+                    "aux_opt": aux_opt.state_dict(), "ema": ema.state_dict(), "step": step,
+                    "wall": wall, "rng": batches.rng.bit_generator.state,
+                    "schedule": schedule.to_dict(),
+                    "init": dataclasses.asdict(init) if init else None,
                     "config": dataclasses.asdict(cfg)}, tmp)
         tmp.replace(ckpt_path)
 
+    def export_now() -> Path:
+        with ema.applied(model):
+            return export(model, cfg, out / "model.icmpkg", step=step, wall=wall,
+                          n_train=len(train_s), schedule=schedule, init=init)
+
     model.train()
-    last_ckpt = time.monotonic()
+    last_ckpt = last_export = time.monotonic()
     bar = tqdm(total=cfg.steps, initial=step, desc=f"train {cfg.kind} λ={cfg.lmbda:g}",
                disable=not progress, dynamic_ncols=True)
     try:
         while step < cfg.steps:
             t0 = time.monotonic()
-            lr = _lr_at(cfg, step)
-            for g in opt.param_groups:
-                g["lr"] = lr
+            lr = schedule(step)
+            set_lr(opt, lr)
             x, m = batches.next(cfg.batch)
             x, m = x.to(cfg.device), m.to(cfg.device)
-            res = model(x, ref(x))
-            terms = rate_distortion_loss(res, x, cfg.lmbda, m if use_mask else None)
-            opt.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-            opt.step()
-            aux = model.aux_loss()
-            aux_opt.zero_grad(set_to_none=True)
-            aux.backward()
-            aux_opt.step()
+            terms = train_step(model, opt, aux_opt, x, cfg.lmbda, reference=ref(x),
+                               mask=m if use_mask else None, clip=cfg.clip)
+            ema.update(model)
             step += 1
             wall += time.monotonic() - t0
-            p = psnr(float(terms["mse_full"].detach()))
-            row = {"step": step, "loss": float(terms["loss"].detach()),
-                   "bpp": float(terms["bpp"].detach()), "mse": float(terms["mse"].detach()),
-                   "psnr": p, "lr": lr, "aux": float(aux.detach())}
+            p = psnr(float(terms["mse_full"]))
+            row = {"step": step, "loss": float(terms["loss"]), "bpp": float(terms["bpp"]),
+                   "mse": float(terms["mse"]), "psnr": p, "lr": lr, "aux": float(terms["aux"])}
             if step % cfg.val_every == 0 or step == cfg.steps:
-                row |= _validate(model, ref, val, cfg.lmbda, cfg.device)
+                with ema.applied(model):
+                    row |= _validate(model, ref, val, cfg.lmbda, cfg.device)
                 bar.write(f"step {step}: " + ", ".join(
                     f"{k}={v:.4g}" for k, v in row.items() if k.startswith("val")))
             if step % 10 == 0 or "val_bpp" in row:
-                log.writerow([row.get(k, "") for k in ("step", "loss", "bpp", "mse", "psnr",
-                                                        "lr", "aux", "val_bpp", "val_psnr",
-                                                        "val_psnr_mask")] + [f"{wall:.1f}"])
+                log.writerow([row.get(k, "") for k in _LOG_FIELDS] + [f"{wall:.1f}"])
                 log_f.flush()
             bar.set_postfix(loss=f"{row['loss']:.3g}", bpp=f"{row['bpp']:.3f}", psnr=f"{p:.2f}")
             bar.update(1)
             if time.monotonic() - last_ckpt > cfg.checkpoint_minutes * 60:
                 checkpoint()
                 last_ckpt = time.monotonic()
+            if time.monotonic() - last_export > cfg.export_minutes * 60:
+                export_now()
+                last_export = time.monotonic()
     finally:
         bar.close()
         checkpoint()
         log_f.close()
-    return export(model, cfg, out / "model.icmpkg", step=step, wall=wall,
-                  n_train=len(train_s))
+    return export_now()
 
 
 def export(model: LayerCodec, cfg: TrainConfig, path: Path, *, step: int, wall: float,
-           n_train: int) -> Path:
-    """Freeze (integer weights, CDF tables) and write the model package with its record."""
-    model = model.to("cpu").eval()
+           n_train: int, schedule: LRSchedule | None = None, init: InitRecord | None = None
+           ) -> Path:
+    """Freeze a copy (integer weights, CDF tables) and write the package with its record."""
+    model = copy.deepcopy(model).to("cpu").eval()
     model.config.meta = {
         "trained": True, "lambda": cfg.lmbda, "mask": cfg.mask_kind(), "alpha": cfg.alpha,
         "data": cfg.data, "train_images": n_train, "steps": step, "wall_s": round(wall),
         "device": cfg.device, "batch": cfg.batch, "crop": cfg.crop,
-        "torch": torch.__version__,
+        "torch": torch.__version__, "ema": cfg.ema,
+        "schedule": schedule.to_dict() if schedule else None,
+        "init": {"model_id": init.model_id, "digest": init.digest[:16], "steps": init.steps}
+        if init else None,
+        **cfg.extra,
     }
     model.freeze()
     save_package(model, path)

@@ -1,0 +1,238 @@
+"""The training plan: every shipped package as one declarative entry, and the runner behind
+``icm plan``.
+
+A plan (TOML, ``icm_codec/weights/plan.toml``) lists jobs; each names its kind, λ, steps and
+what it starts from (``init``: another job whose package warm-starts it) and, for dependent
+layers, the ``base`` job it refines. The runner starts every job whose dependencies have
+finished, ``jobs`` at a time (on a CPU: single-thread processes, two beside each other; on a
+GPU: all at once), each an ``icm train`` process in ``<runs>/<job id>``. Runs resume from their
+checkpoint. A job without a checkpoint whose package is already shipped (a previous session's
+partial run) continues from that package at its step count, so a plan spans sessions even when
+their checkpoints do not survive.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+__all__ = ["Job", "Plan", "job_status", "load_plan", "run_plan"]
+
+DEFAULT_PLAN = Path(__file__).resolve().parent.parent / "weights" / "plan.toml"
+SHIPPED = DEFAULT_PLAN.parent
+
+# TOML keys of a job -> `icm train` flags (the rest: kind, base, init, ship, id, after)
+_FLAGS = {"lambda": "--lambda", "steps": "--steps", "batch": "--batch", "crop": "--crop",
+          "lr": "--lr", "warmup": "--warmup", "decay": "--decay", "ema": "--ema",
+          "arch": "--arch", "N": "--N", "m": "--m", "mask": "--mask", "alpha": "--alpha",
+          "video_share": "--video-share", "min_scale": "--min-scale", "seed": "--seed",
+          "val_every": "--val-every"}
+
+
+@dataclass
+class Job:
+    id: str  # the model id of the package it produces
+    kind: str  # base | enhancement | dc | single
+    settings: dict[str, Any]
+    data: list[str]
+    init: str | None = None  # job id
+    base: str | None = None  # job id
+    ship: bool = True
+
+    @property
+    def steps(self) -> int:
+        return int(self.settings["steps"])
+
+    @property
+    def needs(self) -> list[str]:
+        return [j for j in (self.init, self.base) if j]
+
+
+@dataclass
+class Plan:
+    jobs: dict[str, Job]
+    devices: dict[str, dict[str, Any]] = field(default_factory=dict)
+    path: Path | None = None
+
+    def order(self) -> list[Job]:
+        """Jobs in dependency order (every job after the jobs it needs)."""
+        done: list[str] = []
+        pending = list(self.jobs)
+        while pending:
+            ready = [j for j in pending if all(n in done for n in self.jobs[j].needs)]
+            if not ready:
+                raise ValueError(f"plan has a dependency cycle among {pending}")
+            done += ready
+            pending = [j for j in pending if j not in ready]
+        return [self.jobs[j] for j in done]
+
+
+def load_plan(path: str | Path = DEFAULT_PLAN) -> Plan:
+    """Read and check a plan: unknown keys, missing dependencies and cycles are errors."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ValueError(f"cannot read training plan {path}: {e}") from e
+    defaults = raw.get("defaults", {})
+    data = list(defaults.pop("data", []))
+    jobs: dict[str, Job] = {}
+    for entry in raw.get("job", []):
+        entry = dict(entry)
+        jid = entry.pop("id", None)
+        if not jid:
+            raise ValueError(f"{path}: every [[job]] needs an id")
+        if jid in jobs:
+            raise ValueError(f"{path}: job {jid!r} appears twice")
+        kind = entry.pop("kind", None)
+        if kind not in ("base", "enhancement", "dc", "single"):
+            raise ValueError(f"{path}: job {jid!r} has kind {kind!r}")
+        job = Job(jid, kind, {}, list(entry.pop("data", data)), entry.pop("init", None),
+                  entry.pop("base", None), bool(entry.pop("ship", True)))
+        settings = {**defaults, **entry}
+        unknown = set(settings) - set(_FLAGS)
+        if unknown:
+            raise ValueError(f"{path}: job {jid!r} has unknown keys {sorted(unknown)}")
+        if "lambda" not in settings or "steps" not in settings:
+            raise ValueError(f"{path}: job {jid!r} needs lambda and steps")
+        if kind in ("enhancement", "dc") and not job.base:
+            raise ValueError(f"{path}: {kind} job {jid!r} needs a base job")
+        job.settings = settings
+        jobs[jid] = job
+    for job in jobs.values():
+        for need in job.needs:
+            if need not in jobs:
+                raise ValueError(f"{path}: job {job.id!r} needs unknown job {need!r}")
+    plan = Plan(jobs, raw.get("device", {}), path)
+    plan.order()
+    return plan
+
+
+def _package_meta(path: Path) -> dict[str, Any] | None:
+    """The training record of a package (read without loading its weights), None if absent."""
+    import json
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return dict(json.loads(zf.read("config.json")).get("meta", {}))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return None
+
+
+def _package_steps(path: Path) -> int | None:
+    meta = _package_meta(path)
+    return None if meta is None else int(meta.get("steps", 0))
+
+
+def _plan_job_of(path: Path) -> str | None:
+    """The plan job that trained a package (older packages, trained by hand, have none)."""
+    meta = _package_meta(path)
+    return None if meta is None else meta.get("plan_job")
+
+
+def _checkpoint_steps(path: Path) -> int | None:
+    if not path.is_file():
+        return None
+    import torch
+
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=False)["step"])
+    except Exception:  # a torn or foreign file: the trainer reports it when it resumes
+        return None
+
+
+def job_status(job: Job, runs: Path, shipped: Path = SHIPPED) -> dict[str, Any]:
+    """Steps done (checkpoint or exported package), steps planned and whether it finished."""
+    run = runs / job.id
+    pkg = run / "model.icmpkg"
+    done = _checkpoint_steps(run / "last.pt")
+    exported = _package_steps(pkg) if pkg.is_file() else None
+    shipped_steps = _package_steps(shipped / f"{job.id}.icmpkg")
+    steps = max(s for s in (done, exported, 0) if s is not None)
+    return {"job": job.id, "kind": job.kind, "steps": steps, "planned": job.steps,
+            "finished": exported is not None and exported >= job.steps,
+            "shipped_steps": shipped_steps, "package": str(pkg) if exported is not None else None}
+
+
+def train_args(job: Job, plan: Plan, runs: Path, data_root: Path, device: str,
+               shipped: Path = SHIPPED) -> list[str]:
+    """The ``icm train`` arguments of ``job`` (device profile applied)."""
+    settings = {**job.settings, **plan.devices.get(device.split(":")[0], {})}
+    scale = float(settings.pop("steps_scale", 1.0))
+    settings["steps"] = max(1, round(job.steps * scale))
+    args = [job.kind, "--data", *[str(data_root / d) for d in job.data],
+            "--out", str(runs / job.id), "--model-id", job.id, "--device", device]
+    for key, value in settings.items():
+        if key in _FLAGS:
+            args += [_FLAGS[key], str(value)]
+    run = runs / job.id
+    own = shipped / f"{job.id}.icmpkg"
+    if not (run / "last.pt").is_file() and _plan_job_of(own) == job.id:
+        args += ["--init", str(own)]  # continue a previous session's shipped run
+    elif job.init:
+        args += ["--init", str(runs / job.init / "model.icmpkg")]
+    if job.base:
+        args += ["--base", str(runs / job.base / "model.icmpkg")]
+    if device == "cpu":
+        args += ["--threads", "1"]
+    return [*args, "--plan-job", job.id]
+
+
+def run_plan(plan: Plan, runs: Path, data_root: Path, *, device: str = "cpu", jobs: int = 2,
+             only: list[str] | None = None, nice: int = 10, poll_s: float = 5.0) -> int:
+    """Run the plan's unfinished jobs (``only``: those and nothing else) until all are done;
+    returns the number of jobs that failed."""
+    wanted = [j for j in plan.order() if not only or j.id in only]
+    unknown = set(only or []) - set(plan.jobs)
+    if unknown:
+        raise ValueError(f"no such job in the plan: {sorted(unknown)}")
+    runs.mkdir(parents=True, exist_ok=True)
+    running: dict[str, subprocess.Popen] = {}
+    failed: set[str] = set()
+    finished = {j.id for j in plan.jobs.values() if job_status(j, runs)["finished"]}
+    slots = jobs if jobs > 0 else len(wanted)
+    while True:
+        for jid, proc in list(running.items()):
+            if proc.poll() is not None:
+                del running[jid]
+                if proc.returncode == 0 and job_status(plan.jobs[jid], runs)["finished"]:
+                    finished.add(jid)
+                    print(f"[plan] {jid} finished", flush=True)
+                else:
+                    failed.add(jid)
+                    print(f"[plan] {jid} failed (exit {proc.returncode}); see "
+                          f"{runs / jid / 'train.log'}", flush=True)
+        todo = [j for j in wanted if j.id not in finished | failed | set(running)]
+        blocked = [j for j in todo if any(n in failed for n in j.needs)]
+        for j in blocked:
+            failed.add(j.id)
+            print(f"[plan] {j.id} skipped: a job it needs failed", flush=True)
+        for job in todo:
+            if len(running) >= slots:
+                break
+            if job.id in failed or not all(n in finished for n in job.needs):
+                continue
+            args = train_args(job, plan, runs, data_root, device)
+            (runs / job.id).mkdir(parents=True, exist_ok=True)
+            log = (runs / job.id / "train.log").open("a")
+            env = {**os.environ, "OMP_NUM_THREADS": "1"} if device == "cpu" else None
+            cmd = [sys.executable, "-m", "icm_codec.cli", "train", *args]
+            print(f"[plan] start {job.id}: icm train {' '.join(args)}", flush=True)
+            running[job.id] = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                preexec_fn=(lambda: os.nice(nice)) if nice else None)
+        if not running:
+            break
+        time.sleep(poll_s)
+    return len(failed & {j.id for j in wanted})

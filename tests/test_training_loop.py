@@ -1,0 +1,277 @@
+"""The optimisation loop's parts, each with the test that would have caught its old defect:
+the z density's learning rate, the log-σ floor, the step-based schedule and the weight average,
+plus the data mix, warm starts and the training plan."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from icm_codec import CodecConfig, create_model
+from icm_codec.latent import L_MIN, LOG_SCALE_FRAC, floor_log_scale
+from icm_codec.training import LRSchedule, WeightEMA, make_optimizers, set_lr
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _small(kind: str = "single", **kw) -> torch.nn.Module:
+    cfg = CodecConfig(kind=kind, N=32, hyper_channels=8, feature_channels=32,
+                      context_channels=16, **kw)
+    return create_model(cfg)
+
+
+# -- defect 1: the hyperprior's density learns at its own, higher rate -----------------------
+def _z_bits_after(model, steps: int, lr: float = 3e-4, **opt_kw) -> tuple[float, float]:
+    """Fit only the entropy bottleneck of ``model`` to fixed-scale Gaussian z with the
+    project's optimizers; returns (bits per symbol, entropy of the rounded samples)."""
+    eb = model.coder.entropy_bottleneck
+    opt, aux_opt = make_optimizers(model, lr, **opt_kw)
+    scales = torch.tensor([0.5, 1, 2, 3, 0.3, 1.5, 4, 0.8]).view(1, 8, 1, 1)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        z = torch.randn(16, 8, 4, 4, generator=gen) * scales
+        _, lik = eb(z)
+        bits = -torch.log2(lik).sum() / z.numel()
+        opt.zero_grad(set_to_none=True)
+        bits.backward()
+        opt.step()
+        aux = eb.loss()
+        aux_opt.zero_grad(set_to_none=True)
+        aux.backward()
+        aux_opt.step()
+    eb.eval()
+    z = torch.randn(64, 8, 8, 8, generator=gen) * scales
+    with torch.no_grad():
+        _, lik = eb(z)
+    bits = float(-torch.log2(lik).sum() / z.numel())
+    entropy = 0.0
+    for c in range(8):
+        _, counts = torch.unique(torch.round(z[:, c]), return_counts=True)
+        p = counts / counts.sum()
+        entropy += float(-(p * torch.log2(p)).sum()) / 8
+    return bits, entropy
+
+
+def test_z_density_has_its_own_learning_rate() -> None:
+    opt, _ = make_optimizers(_small(), 3e-4)
+    density = [g for g in opt.param_groups if g["lr_scale"] > 1]
+    assert len(density) == 1 and density[0]["lr"] == pytest.approx(3e-4 * 10)
+    set_lr(opt, 1e-4)
+    assert density[0]["lr"] == pytest.approx(1e-3)
+
+
+def test_z_density_reaches_the_entropy_quickly() -> None:
+    """At the main learning rate the density stays wide and z costs far more than its entropy
+    (the shipped previews paid ~3.8 bits per symbol for ~2.0 bits of entropy)."""
+    torch.manual_seed(0)
+    bits, entropy = _z_bits_after(_small(), 300)
+    assert bits < 1.05 * entropy
+    torch.manual_seed(0)
+    slow, _ = _z_bits_after(_small(), 300, density_lr_scale=1.0)
+    assert slow > 1.3 * entropy  # what the defect looked like
+
+
+# -- defect 2: log σ below its floor still receives the gradients that raise it -------------
+def test_log_scale_floor_passes_upward_gradients() -> None:
+    floor = L_MIN / 2**LOG_SCALE_FRAC
+    x = torch.tensor([floor - 1.0, floor - 1.0, floor + 1.0], requires_grad=True)
+    y = floor_log_scale(x)
+    assert y.tolist() == pytest.approx([floor, floor, floor + 1.0])
+    y.backward(torch.tensor([-1.0, 1.0, 1.0]))  # loss falls if x[0] rises, if x[1] falls
+    assert x.grad.tolist() == [-1.0, 0.0, 1.0]
+
+
+def test_collapsed_scales_come_back_when_the_rate_needs_them() -> None:
+    """Every σ starts under the floor; y has real spread, so the rate wants larger σ."""
+    torch.manual_seed(0)
+    coder = _small().coder
+    for ctx in coder.context:
+        torch.nn.init.zeros_(ctx.log_scale.weight)
+        torch.nn.init.constant_(ctx.log_scale.bias, -6.0)  # σ = e^-6, far below 0.105
+    opt = torch.optim.Adam([p for ctx in coder.context for p in ctx.log_scale.parameters()],
+                           lr=0.1)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(60):
+        y = torch.randn(2, coder.latent_channels, 8, 8, generator=gen) * 4
+        rate = -torch.log2(coder(y)["likelihoods"]["y"]).mean()
+        opt.zero_grad(set_to_none=True)
+        rate.backward()
+        opt.step()
+    bias = torch.cat([ctx.log_scale.bias.detach() for ctx in coder.context])
+    # every σ rose (with torch.clamp none would move from -6), most well above the floor
+    assert float(bias.min()) > -6.0 + 2.0
+    assert float(bias.median()) > L_MIN / 2**LOG_SCALE_FRAC + 1.0
+
+
+# -- defect 3: a step-based schedule that a resume cannot move -------------------------------
+def test_schedule_is_step_based() -> None:
+    s = LRSchedule(peak=4e-4, warmup=100, end=1000, decay=200, final_ratio=0.05)
+    assert s(0) == pytest.approx(4e-6)
+    assert s(99) == pytest.approx(4e-4)
+    assert s(500) == pytest.approx(4e-4) and s(800) == pytest.approx(4e-4)
+    assert s(900) == pytest.approx(4e-4 * (0.05 + 0.95 * 0.5))
+    assert s(1000) == pytest.approx(4e-4 * 0.05) == s(5000)  # after the end: the final rate
+    rates = [s(i) for i in range(800, 1001)]
+    assert all(a >= b for a, b in itertools.pairwise(rates))
+    assert LRSchedule.from_dict(s.to_dict()) == s
+
+
+def test_extending_a_run_never_changes_a_rate_already_used() -> None:
+    s = LRSchedule(peak=3e-4, warmup=10, end=1000, decay=200)
+    longer = s.extended(3000, step=400)  # before the decay: the plateau grows
+    assert [longer(i) for i in range(400)] == [s(i) for i in range(400)]
+    assert longer.decay_start == 2800
+    late = s.extended(3000, step=900)  # the decay has begun: it finishes, then final rate
+    assert [late(i) for i in range(900)] == [s(i) for i in range(900)]
+    assert late(2999) == pytest.approx(s(1000))
+
+
+def test_weight_average_is_applied_and_restored() -> None:
+    lin = torch.nn.Linear(2, 1)
+    ema = WeightEMA(lin, decay=0.5)
+    start = lin.weight.detach().clone()
+    with torch.no_grad():
+        lin.weight.add_(1.0)
+    for _ in range(50):
+        ema.update(lin)
+    with ema.applied(lin):
+        np.testing.assert_allclose(lin.weight.detach(), start + 1.0, atol=1e-6)
+    ema2 = WeightEMA(lin, decay=0.5)
+    ema2.load_state_dict(ema.state_dict())
+    with torch.no_grad():
+        lin.weight.copy_(start)
+    with ema2.applied(lin):
+        np.testing.assert_allclose(lin.weight.detach(), start + 1.0, atol=1e-6)
+    np.testing.assert_allclose(lin.weight.detach(), start)  # its own weights come back
+
+
+# -- defect 4: the data mix ------------------------------------------------------------------
+def test_video_frames_are_capped_and_never_validate_when_photos_exist() -> None:
+    from icm_codec.train.data import Sample
+    from icm_codec.train.trainer import _val_tensors, sampling_weights
+
+    img = np.zeros((300, 300, 3), np.uint8)
+    samples = [Sample(f"/v/clip.avi#{i}", img) for i in range(80)]
+    samples += [Sample(f"/p/photo{i}.png", img) for i in range(20)]
+    p = sampling_weights(samples, 0.15)
+    assert p[:80].sum() == pytest.approx(0.15) and p.sum() == pytest.approx(1.0)
+    assert sampling_weights(samples[:80], 0.15).sum() == pytest.approx(1.0)  # video only
+    masks = [np.ones((300, 300), bool)] * len(samples)
+    val = _val_tensors(samples, masks, limit=100)
+    assert len(val) == 20
+
+
+def test_crops_are_randomly_downscaled() -> None:
+    from icm_codec.train.data import Sample
+    from icm_codec.train.trainer import _Batches
+
+    img = np.tile(np.arange(512, dtype=np.uint8)[None, :, None] // 2, (512, 1, 3))
+    b = _Batches([Sample("a.png", img)], [np.ones((512, 512), bool)], 128, 0, min_scale=0.5)
+    windows = {b._window(img) for _ in range(50)}
+    assert min(windows) >= 128 and max(windows) <= 256 and len(windows) > 5
+    x, m = b.next(4)
+    assert x.shape == (4, 3, 128, 128) and m.shape == (4, 1, 128, 128)
+
+
+# -- warm starts -----------------------------------------------------------------------------
+def test_enhancement_warm_start_begins_at_the_base_quality(tmp_path: Path) -> None:
+    """From a single-layer trunk: g_human is the trunk's synthesis and ŷa starts at zero, so
+    the first human image is the trunk's decoding of the base latent."""
+    from icm_codec import load_package, save_package
+    from icm_codec.train.trainer import warm_start
+
+    torch.manual_seed(0)
+    trunk = _small("single")
+    trunk.freeze()
+    save_package(trunk, tmp_path / "trunk.icmpkg")
+    base = _small("base")
+    rec = warm_start(base, str(tmp_path / "trunk.icmpkg"))
+    assert rec.copied == rec.total and rec.steps == 0
+    enh = _small("enhancement", m=2)
+    rec = warm_start(enh, str(tmp_path / "trunk.icmpkg"))
+    assert 0 < rec.copied < rec.total
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        y_base = base.coder(base.g_a(x))["y_hat"]
+        out = enh.eval()(x, y_base)
+        assert float(out["y_hat"].abs().max()) == 0.0
+        shipped_trunk = load_package(tmp_path / "trunk.icmpkg").model  # fp16 transforms
+        np.testing.assert_allclose(out["x_hat"], shipped_trunk.g_s(y_base), atol=1e-6)
+
+
+# -- the training plan -----------------------------------------------------------------------
+def test_shipped_plan_is_consistent() -> None:
+    from icm_codec.train.plan import DEFAULT_PLAN, load_plan
+
+    plan = load_plan(DEFAULT_PLAN)
+    order = [j.id for j in plan.order()]
+    for job in plan.jobs.values():
+        assert all(order.index(n) < order.index(job.id) for n in job.needs)
+    kinds = {j.kind for j in plan.jobs.values()}
+    assert kinds == {"single", "base", "enhancement", "dc"}
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[[job]]\nid="a"\nkind="single"\nlambda=0.01\nsteps=5\nbogus=1\n', "unknown keys"),
+    ('[[job]]\nid="a"\nkind="single"\nlambda=0.01\nsteps=5\ninit="b"\n', "unknown job"),
+    ('[[job]]\nid="a"\nkind="enhancement"\nlambda=0.01\nsteps=5\n', "needs a base"),
+    ('[[job]]\nid="a"\nkind="single"\nlambda=0.01\nsteps=5\ninit="b"\n'
+     '[[job]]\nid="b"\nkind="single"\nlambda=0.01\nsteps=5\ninit="a"\n', "cycle"),
+    ('[[job]]\nid="a"\nkind="single"\nsteps=5\n', "needs lambda"),
+])
+def test_bad_plans_are_refused(tmp_path: Path, text: str, message: str) -> None:
+    from icm_codec.train.plan import load_plan
+
+    (tmp_path / "p.toml").write_text(text)
+    with pytest.raises(ValueError, match=message):
+        load_plan(tmp_path / "p.toml")
+
+
+@pytest.mark.slow
+def test_plan_runs_resumes_and_continues_a_shipped_run(tmp_path: Path, photos) -> None:
+    """Two dependent jobs run as real `icm train` processes; a finished plan starts nothing;
+    a job whose checkpoint is gone continues from its shipped package at its step count."""
+    from icm_codec import load_package
+    from icm_codec.train.plan import job_status, load_plan, run_plan, train_args
+
+    data = tmp_path / "data" / "pics"
+    data.mkdir(parents=True)
+    for i, p in enumerate(photos):
+        Image.fromarray(p[:256, :256]).save(data / f"p{i}.png")
+    (tmp_path / "plan.toml").write_text(
+        '[defaults]\ndata = ["pics"]\nN = 32\ncrop = 64\nwarmup = 1\ndecay = 2\n'
+        'val_every = 2\n'
+        '[[job]]\nid = "single-t"\nkind = "single"\nlambda = 0.01\nsteps = 3\n'
+        '[[job]]\nid = "enh-t"\nkind = "enhancement"\nm = 2\nlambda = 0.01\nsteps = 2\n'
+        'base = "single-t"\ninit = "single-t"\n')
+    plan = load_plan(tmp_path / "plan.toml")
+    runs = tmp_path / "runs"
+    assert run_plan(plan, runs, tmp_path / "data", poll_s=0.2, nice=0) == 0
+    assert all(job_status(j, runs)["finished"] for j in plan.jobs.values())
+    enh = load_package(runs / "enh-t" / "model.icmpkg")
+    trunk = load_package(runs / "single-t" / "model.icmpkg")
+    assert enh.config.base_digest == trunk.digest
+    assert enh.config.meta["plan_job"] == "enh-t" and enh.config.meta["init"]["model_id"] == \
+        "single-t"
+    assert enh.config.meta["schedule"]["end"] == 2
+    # a shipped package of this job, no checkpoint: the next session continues from it
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    (runs / "single-t" / "model.icmpkg").replace(shipped / "single-t.icmpkg")
+    (runs / "single-t" / "last.pt").unlink()
+    args = train_args(plan.jobs["single-t"], plan, runs, tmp_path / "data", "cpu",
+                      shipped=shipped)
+    assert args[args.index("--init") + 1] == str(shipped / "single-t.icmpkg")
+    from icm_codec.cli import main
+
+    args[args.index("--steps") + 1] = "5"
+    assert main(["train", *args]) == 0
+    cont = load_package(runs / "single-t" / "model.icmpkg")
+    assert cont.config.meta["steps"] == 5 and cont.config.meta["init"]["steps"] == 3
+    assert not math.isnan(cont.config.meta["lambda"])
