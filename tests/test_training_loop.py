@@ -275,3 +275,15 @@ def test_plan_runs_resumes_and_continues_a_shipped_run(tmp_path: Path, photos) -
     cont = load_package(runs / "single-t" / "model.icmpkg")
     assert cont.config.meta["steps"] == 5 and cont.config.meta["init"]["steps"] == 3
     assert not math.isnan(cont.config.meta["lambda"])
+
+
+def test_a_run_directory_is_trained_by_one_process_at_a_time(tmp_path: Path) -> None:
+    from icm_codec.train.trainer import run_in_use, run_lock
+
+    assert not run_in_use(tmp_path)
+    with run_lock(tmp_path):
+        assert run_in_use(tmp_path)
+        with pytest.raises(ValueError, match="in use by another training process"), \
+                run_lock(tmp_path):
+            pass
+    assert not run_in_use(tmp_path)

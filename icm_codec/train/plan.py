@@ -152,6 +152,11 @@ def _checkpoint_steps(path: Path) -> int | None:
         return None
 
 
+def _exported_finished(job: Job, runs: Path) -> bool:
+    steps = _package_steps(runs / job.id / "model.icmpkg")
+    return steps is not None and steps >= job.steps
+
+
 def job_status(job: Job, runs: Path, shipped: Path = SHIPPED) -> dict[str, Any]:
     """Steps done (checkpoint or exported package), steps planned and whether it finished."""
     run = runs / job.id
@@ -161,7 +166,7 @@ def job_status(job: Job, runs: Path, shipped: Path = SHIPPED) -> dict[str, Any]:
     shipped_steps = _package_steps(shipped / f"{job.id}.icmpkg")
     steps = max(s for s in (done, exported, 0) if s is not None)
     return {"job": job.id, "kind": job.kind, "steps": steps, "planned": job.steps,
-            "finished": exported is not None and exported >= job.steps,
+            "finished": _exported_finished(job, runs),
             "shipped_steps": shipped_steps, "package": str(pkg) if exported is not None else None}
 
 
@@ -192,7 +197,10 @@ def train_args(job: Job, plan: Plan, runs: Path, data_root: Path, device: str,
 def run_plan(plan: Plan, runs: Path, data_root: Path, *, device: str = "cpu", jobs: int = 2,
              only: list[str] | None = None, nice: int = 10, poll_s: float = 5.0) -> int:
     """Run the plan's unfinished jobs (``only``: those and nothing else) until all are done;
-    returns the number of jobs that failed."""
+    returns the number of jobs that failed. A job another process is training (its run
+    directory locked, e.g. by an earlier runner) is waited for and counts against ``jobs``."""
+    from .trainer import run_in_use
+
     wanted = [j for j in plan.order() if not only or j.id in only]
     unknown = set(only or []) - set(plan.jobs)
     if unknown:
@@ -200,13 +208,13 @@ def run_plan(plan: Plan, runs: Path, data_root: Path, *, device: str = "cpu", jo
     runs.mkdir(parents=True, exist_ok=True)
     running: dict[str, subprocess.Popen] = {}
     failed: set[str] = set()
-    finished = {j.id for j in plan.jobs.values() if job_status(j, runs)["finished"]}
+    finished = {j.id for j in plan.jobs.values() if _exported_finished(j, runs)}
     slots = jobs if jobs > 0 else len(wanted)
     while True:
         for jid, proc in list(running.items()):
             if proc.poll() is not None:
                 del running[jid]
-                if proc.returncode == 0 and job_status(plan.jobs[jid], runs)["finished"]:
+                if proc.returncode == 0 and _exported_finished(plan.jobs[jid], runs):
                     finished.add(jid)
                     print(f"[plan] {jid} finished", flush=True)
                 else:
@@ -214,14 +222,17 @@ def run_plan(plan: Plan, runs: Path, data_root: Path, *, device: str = "cpu", jo
                     print(f"[plan] {jid} failed (exit {proc.returncode}); see "
                           f"{runs / jid / 'train.log'}", flush=True)
         todo = [j for j in wanted if j.id not in finished | failed | set(running)]
+        finished |= {j.id for j in todo if _exported_finished(j, runs)}  # done elsewhere
+        todo = [j for j in todo if j.id not in finished]
         blocked = [j for j in todo if any(n in failed for n in j.needs)]
         for j in blocked:
             failed.add(j.id)
             print(f"[plan] {j.id} skipped: a job it needs failed", flush=True)
+        elsewhere = {j.id for j in todo if run_in_use(runs / j.id)}
         for job in todo:
-            if len(running) >= slots:
+            if len(running) + len(elsewhere) >= slots:
                 break
-            if job.id in failed or not all(n in finished for n in job.needs):
+            if job.id in failed | elsewhere or not all(n in finished for n in job.needs):
                 continue
             args = train_args(job, plan, runs, data_root, device)
             (runs / job.id).mkdir(parents=True, exist_ok=True)
@@ -232,7 +243,7 @@ def run_plan(plan: Plan, runs: Path, data_root: Path, *, device: str = "cpu", jo
             running[job.id] = subprocess.Popen(
                 cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                 preexec_fn=(lambda: os.nice(nice)) if nice else None)
-        if not running:
+        if not running and not elsewhere:
             break
         time.sleep(poll_s)
     return len(failed & {j.id for j in wanted})

@@ -17,8 +17,11 @@ from __future__ import annotations
 import copy
 import csv
 import dataclasses
+import fcntl
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -293,10 +296,46 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
     Resumes from ``<out>/last.pt`` when it exists (model, optimizers, EMA, schedule, data
     RNG); otherwise starts from ``cfg.init`` (if given) or from fresh weights.
     """
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    with run_lock(out):
+        return _train(cfg, out, progress)
+
+
+@contextmanager
+def run_lock(out: Path) -> Iterator[None]:
+    """Hold ``<out>/.lock`` for the whole run: two trainers on one run directory would
+    overwrite each other's checkpoints."""
+    f = (out / ".lock").open("a")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise ValueError(f"run directory {out} is in use by another training process") from None
+    try:
+        yield
+    finally:
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
+
+
+def run_in_use(out: Path) -> bool:
+    """Whether a training process holds ``out``'s lock."""
+    path = out / ".lock"
+    if not path.is_file():
+        return False
+    with path.open("a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return False
+
+
+def _train(cfg: TrainConfig, out: Path, progress: bool) -> Path:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     model, base = _build(cfg)
     ref = _Reference(base, cfg.kind)
