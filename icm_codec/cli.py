@@ -295,8 +295,9 @@ def _train(args: argparse.Namespace) -> int:
 def _plan_configure(p: argparse.ArgumentParser) -> None:
     from .train.plan import DEFAULT_PLAN
 
-    p.add_argument("action", choices=["run", "status"],
-                   help="run: train every unfinished job; status: steps done per job")
+    p.add_argument("action", choices=["run", "status", "compare"],
+                   help="run: train every unfinished job; status: steps done per job; "
+                   "compare: trained packages against the shipped ones on held-out photos")
     p.add_argument("--plan", default=str(DEFAULT_PLAN), help="plan file (TOML)")
     p.add_argument("--runs", default=str(Path.home() / ".cache" / "icm" / "runs"),
                    help="run directories (keep them outside the work tree)")
@@ -328,6 +329,21 @@ def _plan(args: argparse.Namespace) -> int:
     data_root = Path(args.data_root)
     if not data_root.is_dir():
         raise ValueError(f"data root not found: {data_root}")
+    if args.action == "compare":
+        from .train.plan import compare
+
+        print("| job | steps | bpp (total) | PSNR dB | PSNR in mask dB | objective | "
+              "shipped | bpp (total) | PSNR dB | PSNR in mask dB | objective | better |")
+        print("|---" * 12 + "|")
+        for r in compare(plan, runs, data_root, only=args.only):
+            n, o = r["new"], r["old"]
+            cells = [f"{n.bpp:.3f} ({n.total_bpp:.3f})", f"{n.psnr:.2f}", f"{n.psnr_mask:.2f}",
+                     f"{n.objective:.4f}", r["old_package"] or "-"]
+            cells += ([f"{o.bpp:.3f} ({o.total_bpp:.3f})", f"{o.psnr:.2f}", f"{o.psnr_mask:.2f}",
+                       f"{o.objective:.4f}"] if o else ["-"] * 4)
+            print(f"| {r['job']} | {r['steps']} | " + " | ".join(cells)
+                  + f" | {'yes' if r['better'] else 'no'} |")
+        return 0
     failed = run_plan(plan, runs, data_root, device=args.device, jobs=args.jobs,
                       only=args.only, nice=args.nice)
     return 1 if failed else 0

@@ -287,3 +287,24 @@ def test_a_run_directory_is_trained_by_one_process_at_a_time(tmp_path: Path) -> 
                 run_lock(tmp_path):
             pass
     assert not run_in_use(tmp_path)
+
+
+def test_score_package_is_the_training_objective_on_real_bytes(package_factory,
+                                                               photos) -> None:
+    from icm_codec.train.rd import psnr8, score_package
+
+    single = package_factory("single", N=32)
+    images = [("a", photos[0][:64, :96]), ("b", photos[1][:64, :96])]
+    s = score_package(single, images, lmbda=0.01)
+    assert s.bpp == s.total_bpp > 0 and s.psnr == s.psnr_mask
+    one = score_package(single, images[:1], lmbda=0.01)
+    assert one.objective == pytest.approx(one.bpp + 0.01 * 255**2 * 10 ** (-one.psnr / 10))
+    from icm_codec import ScalableCodec
+
+    codec = ScalableCodec.load(single)
+    dec = codec.decode_machine(codec.encode_base(images[0][1]))
+    assert psnr8(images[0][1], dec) == pytest.approx(
+        score_package(single, images[:1]).psnr, abs=1e-6)
+    enh = package_factory("enhancement", m=2, base=package_factory("base", N=128))
+    with pytest.raises(ValueError, match="pass its base package"):
+        score_package(enh, images)

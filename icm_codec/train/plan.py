@@ -247,3 +247,49 @@ def run_plan(plan: Plan, runs: Path, data_root: Path, *, device: str = "cpu", jo
             break
         time.sleep(poll_s)
     return len(failed & {j.id for j in wanted})
+
+
+def _counterpart(job: Job, shipped: Path) -> tuple[Path, Path | None] | None:
+    """The shipped package this job would replace (same kind, λ and m) and its base."""
+    from ..registry import list_packages
+
+    kind = "residual" if job.kind == "dc" else job.kind
+    infos = list_packages([shipped])
+    by_digest = {i.digest: i.path for i in infos}
+    for info in infos:
+        meta = _package_meta(info.path) or {}
+        if info.kind != kind or meta.get("lambda") != job.settings["lambda"]:
+            continue
+        import json
+        import zipfile
+
+        with zipfile.ZipFile(info.path) as zf:
+            config = json.loads(zf.read("config.json"))
+        if kind == "enhancement" and config.get("m") != job.settings.get("m", 4):
+            continue
+        base = by_digest.get(config.get("base_digest", "")) if kind in ("enhancement",
+                                                                        "residual") else None
+        return info.path, base
+    return None
+
+
+def compare(plan: Plan, runs: Path, data_root: Path, shipped: Path = SHIPPED,
+            only: list[str] | None = None) -> list[dict[str, Any]]:
+    """Each trained job against the shipped package it would replace, on the held-out photos
+    of the plan's data, by real bytes and the training objective (lower is better)."""
+    from .rd import heldout_images, score_package
+
+    images = heldout_images([data_root / d for d in next(iter(plan.jobs.values())).data])
+    rows = []
+    for job in plan.order():
+        pkg = runs / job.id / "model.icmpkg"
+        if (only and job.id not in only) or not pkg.is_file():
+            continue
+        base = runs / job.base / "model.icmpkg" if job.base else None
+        new = score_package(pkg, images, base)
+        old_pair = _counterpart(job, shipped)
+        old = score_package(old_pair[0], images, old_pair[1]) if old_pair else None
+        rows.append({"job": job.id, "steps": _package_steps(pkg), "new": new, "old": old,
+                     "old_package": old_pair[0].name if old_pair else None,
+                     "better": old is None or new.objective < old.objective})
+    return rows
