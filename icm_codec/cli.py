@@ -308,13 +308,18 @@ def _plan_configure(p: argparse.ArgumentParser) -> None:
                    help="jobs at once (CPU: single-thread processes; 0: all ready jobs)")
     p.add_argument("--only", nargs="*", help="run only these job ids")
     p.add_argument("--nice", type=int, default=10, help="niceness of the training processes")
+    p.add_argument("--max-minutes", type=float,
+                   help="then interrupt the running jobs (each checkpoints and exports)")
+    p.add_argument("--steps-scale", type=float,
+                   help="scale every job's steps (default: the plan's device profile; a dry "
+                   "run: 0.001)")
 
 
 @command("plan", "run the declarative training plan behind the shipped packages", _plan_configure)
 def _plan(args: argparse.Namespace) -> int:
     from .train.plan import job_status, load_plan, run_plan
 
-    plan = load_plan(args.plan)
+    plan = load_plan(args.plan, args.device, args.steps_scale)
     runs = Path(args.runs).expanduser()
     if args.action == "status":
         print(f"{'job':34} {'kind':12} {'steps':>7} {'planned':>8} {'shipped':>8}  state")
@@ -341,11 +346,11 @@ def _plan(args: argparse.Namespace) -> int:
                      f"{n.objective:.4f}", r["old_package"] or "-"]
             cells += ([f"{o.bpp:.3f} ({o.total_bpp:.3f})", f"{o.psnr:.2f}", f"{o.psnr_mask:.2f}",
                        f"{o.objective:.4f}"] if o else ["-"] * 4)
-            print(f"| {r['job']} | {r['steps']} | " + " | ".join(cells)
-                  + f" | {'yes' if r['better'] else 'no'} |")
+            verdict = "dominates" if r["dominates"] else ("yes" if r["better"] else "no")
+            print(f"| {r['job']} | {r['steps']} | " + " | ".join(cells) + f" | {verdict} |")
         return 0
     failed = run_plan(plan, runs, data_root, device=args.device, jobs=args.jobs,
-                      only=args.only, nice=args.nice)
+                      only=args.only, nice=args.nice, max_minutes=args.max_minutes)
     return 1 if failed else 0
 
 

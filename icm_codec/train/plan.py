@@ -17,7 +17,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +61,6 @@ class Job:
 @dataclass
 class Plan:
     jobs: dict[str, Job]
-    devices: dict[str, dict[str, Any]] = field(default_factory=dict)
     path: Path | None = None
 
     def order(self) -> list[Job]:
@@ -77,14 +76,23 @@ class Plan:
         return [self.jobs[j] for j in done]
 
 
-def load_plan(path: str | Path = DEFAULT_PLAN) -> Plan:
-    """Read and check a plan: unknown keys, missing dependencies and cycles are errors."""
+def load_plan(path: str | Path = DEFAULT_PLAN, device: str = "cpu",
+              steps_scale: float | None = None) -> Plan:
+    """Read and check a plan: unknown keys, missing dependencies and cycles are errors.
+
+    The ``[device.<type>]`` table of the plan overrides the settings of every job on that
+    device type (e.g. larger batches on a GPU); its ``steps_scale`` (or ``steps_scale`` given
+    here, e.g. a few steps for a dry run) scales every job's steps.
+    """
     path = Path(path)
     try:
         raw = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise ValueError(f"cannot read training plan {path}: {e}") from e
     defaults = raw.get("defaults", {})
+    profile = dict(raw.get("device", {}).get(device.split(":")[0], {}))
+    scale = float(profile.pop("steps_scale", 1.0) if steps_scale is None else steps_scale)
+    profile.pop("steps_scale", None)
     data = list(defaults.pop("data", []))
     jobs: dict[str, Job] = {}
     for entry in raw.get("job", []):
@@ -99,7 +107,7 @@ def load_plan(path: str | Path = DEFAULT_PLAN) -> Plan:
             raise ValueError(f"{path}: job {jid!r} has kind {kind!r}")
         job = Job(jid, kind, {}, list(entry.pop("data", data)), entry.pop("init", None),
                   entry.pop("base", None), bool(entry.pop("ship", True)))
-        settings = {**defaults, **entry}
+        settings = {**defaults, **entry, **profile}
         unknown = set(settings) - set(_FLAGS)
         if unknown:
             raise ValueError(f"{path}: job {jid!r} has unknown keys {sorted(unknown)}")
@@ -107,13 +115,17 @@ def load_plan(path: str | Path = DEFAULT_PLAN) -> Plan:
             raise ValueError(f"{path}: job {jid!r} needs lambda and steps")
         if kind in ("enhancement", "dc") and not job.base:
             raise ValueError(f"{path}: {kind} job {jid!r} needs a base job")
+        settings["steps"] = max(1, round(int(settings["steps"]) * scale))
+        for key in ("warmup", "decay", "val_every"):  # a scaled run keeps its shape
+            if key in settings and scale != 1:
+                settings[key] = max(1, round(int(settings[key]) * scale))
         job.settings = settings
         jobs[jid] = job
     for job in jobs.values():
         for need in job.needs:
             if need not in jobs:
                 raise ValueError(f"{path}: job {job.id!r} needs unknown job {need!r}")
-    plan = Plan(jobs, raw.get("device", {}), path)
+    plan = Plan(jobs, path)
     plan.order()
     return plan
 
@@ -173,9 +185,7 @@ def job_status(job: Job, runs: Path, shipped: Path = SHIPPED) -> dict[str, Any]:
 def train_args(job: Job, plan: Plan, runs: Path, data_root: Path, device: str,
                shipped: Path = SHIPPED) -> list[str]:
     """The ``icm train`` arguments of ``job`` (device profile applied)."""
-    settings = {**job.settings, **plan.devices.get(device.split(":")[0], {})}
-    scale = float(settings.pop("steps_scale", 1.0))
-    settings["steps"] = max(1, round(job.steps * scale))
+    settings = job.settings
     args = [job.kind, "--data", *[str(data_root / d) for d in job.data],
             "--out", str(runs / job.id), "--model-id", job.id, "--device", device]
     for key, value in settings.items():
@@ -195,10 +205,33 @@ def train_args(job: Job, plan: Plan, runs: Path, data_root: Path, device: str,
 
 
 def run_plan(plan: Plan, runs: Path, data_root: Path, *, device: str = "cpu", jobs: int = 2,
-             only: list[str] | None = None, nice: int = 10, poll_s: float = 5.0) -> int:
+             only: list[str] | None = None, nice: int = 10, poll_s: float = 5.0,
+             max_minutes: float | None = None) -> int:
+    """Run the plan's unfinished jobs; see :func:`_run_plan`. SIGTERM stops it the way Ctrl-C
+    does: running jobs checkpoint and export before the runner returns."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return _run_plan(plan, runs, data_root, device, jobs, only, nice, poll_s, max_minutes)
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        return _run_plan(plan, runs, data_root, device, jobs, only, nice, poll_s, max_minutes)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run_plan(plan: Plan, runs: Path, data_root: Path, device: str, jobs: int,
+              only: list[str] | None, nice: int, poll_s: float, max_minutes: float | None
+              ) -> int:
     """Run the plan's unfinished jobs (``only``: those and nothing else) until all are done;
     returns the number of jobs that failed. A job another process is training (its run
-    directory locked, e.g. by an earlier runner) is waited for and counts against ``jobs``."""
+    directory locked, e.g. by an earlier runner) is waited for and counts against ``jobs``.
+
+    After ``max_minutes`` the running jobs are interrupted (each checkpoints and exports what it
+    has) and nothing new starts: a session's or a GPU lease's end loses no work."""
+    import signal
+
     from .trainer import run_in_use
 
     wanted = [j for j in plan.order() if not only or j.id in only]
@@ -210,13 +243,22 @@ def run_plan(plan: Plan, runs: Path, data_root: Path, *, device: str = "cpu", jo
     failed: set[str] = set()
     finished = {j.id for j in plan.jobs.values() if _exported_finished(j, runs)}
     slots = jobs if jobs > 0 else len(wanted)
+    deadline = time.monotonic() + max_minutes * 60 if max_minutes else None
+    stopping = False
     while True:
+        if deadline is not None and time.monotonic() > deadline and not stopping:
+            stopping = True
+            print(f"[plan] time is up: interrupting {sorted(running)}", flush=True)
+            for proc in running.values():
+                proc.send_signal(signal.SIGINT)
         for jid, proc in list(running.items()):
             if proc.poll() is not None:
                 del running[jid]
                 if proc.returncode == 0 and _exported_finished(plan.jobs[jid], runs):
                     finished.add(jid)
                     print(f"[plan] {jid} finished", flush=True)
+                elif proc.returncode == 0 and stopping:
+                    print(f"[plan] {jid} stopped early; it resumes next time", flush=True)
                 else:
                     failed.add(jid)
                     print(f"[plan] {jid} failed (exit {proc.returncode}); see "
@@ -230,23 +272,32 @@ def run_plan(plan: Plan, runs: Path, data_root: Path, *, device: str = "cpu", jo
             print(f"[plan] {j.id} skipped: a job it needs failed", flush=True)
         elsewhere = {j.id for j in todo if run_in_use(runs / j.id)}
         for job in todo:
-            if len(running) + len(elsewhere) >= slots:
+            if stopping or len(running) + len(elsewhere) >= slots:
                 break
             if job.id in failed | elsewhere or not all(n in finished for n in job.needs):
                 continue
             args = train_args(job, plan, runs, data_root, device)
             (runs / job.id).mkdir(parents=True, exist_ok=True)
-            log = (runs / job.id / "train.log").open("a")
             env = {**os.environ, "OMP_NUM_THREADS": "1"} if device == "cpu" else None
             cmd = [sys.executable, "-m", "icm_codec.cli", "train", *args]
             print(f"[plan] start {job.id}: icm train {' '.join(args)}", flush=True)
-            running[job.id] = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                preexec_fn=(lambda: os.nice(nice)) if nice else None)
-        if not running and not elsewhere:
+            running[job.id] = _launch(cmd, runs / job.id / "train.log", env, nice)
+        if not running and (not elsewhere or stopping):
             break
-        time.sleep(poll_s)
+        try:
+            time.sleep(poll_s)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: stop the way a deadline does
+            deadline = time.monotonic()
     return len(failed & {j.id for j in wanted})
+
+
+def _launch(cmd: list[str], log: Path, env: dict[str, str] | None, nice: int
+            ) -> subprocess.Popen:
+    """One job's process, in its own session: a Ctrl-C in the runner's terminal reaches the
+    runner alone, which then interrupts its jobs in order."""
+    return subprocess.Popen(cmd, stdout=log.open("a"), stderr=subprocess.STDOUT, env=env,
+                            start_new_session=True,
+                            preexec_fn=(lambda: os.nice(nice)) if nice else None)
 
 
 def _counterpart(job: Job, shipped: Path) -> tuple[Path, Path | None] | None:
@@ -276,7 +327,9 @@ def _counterpart(job: Job, shipped: Path) -> tuple[Path, Path | None] | None:
 def compare(plan: Plan, runs: Path, data_root: Path, shipped: Path = SHIPPED,
             only: list[str] | None = None) -> list[dict[str, Any]]:
     """Each trained job against the shipped package it would replace, on the held-out photos
-    of the plan's data, by real bytes and the training objective (lower is better)."""
+    of the plan's data, by real bytes: better = a lower training objective at the job's λ, or
+    no more bits for no less PSNR (a model still far from its λ's operating point can be
+    better everywhere on the curve and yet not by the objective at that one λ)."""
     from .rd import heldout_images, score_package
 
     images = heldout_images([data_root / d for d in next(iter(plan.jobs.values())).data])
@@ -291,5 +344,8 @@ def compare(plan: Plan, runs: Path, data_root: Path, shipped: Path = SHIPPED,
         old = score_package(old_pair[0], images, old_pair[1]) if old_pair else None
         rows.append({"job": job.id, "steps": _package_steps(pkg), "new": new, "old": old,
                      "old_package": old_pair[0].name if old_pair else None,
-                     "better": old is None or new.objective < old.objective})
+                     "dominates": old is not None and new.total_bpp <= old.total_bpp
+                     and new.psnr >= old.psnr,
+                     "better": old is None or new.objective < old.objective
+                     or (new.total_bpp <= old.total_bpp and new.psnr >= old.psnr)})
     return rows

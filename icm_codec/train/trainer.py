@@ -19,6 +19,7 @@ import csv
 import dataclasses
 import fcntl
 import math
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -369,6 +370,8 @@ def _train(cfg: TrainConfig, out: Path, progress: bool) -> Path:
     maker = MaskMaker(cfg.mask_kind(), out.parent / ".mask-cache", alpha=cfg.alpha,
                       band=cfg.band, sam_checkpoint=cfg.sam_checkpoint,
                       seg_weights=cfg.seg_weights, device=cfg.device)
+    if cfg.device != "cpu":  # a GPU machine's cores make the masks while nothing else runs
+        maker.fill(train_s + val_s, workers=min(16, os.cpu_count() or 1))
     masks = [maker(s) for s in tqdm(train_s + val_s, desc=f"{maker.kind} masks",
                                     disable=not progress)]
     batches = _Batches(train_s, masks[: len(train_s)], cfg.crop, cfg.seed + step,
@@ -435,6 +438,8 @@ def _train(cfg: TrainConfig, out: Path, progress: bool) -> Path:
             if time.monotonic() - last_export > cfg.export_minutes * 60:
                 export_now()
                 last_export = time.monotonic()
+    except KeyboardInterrupt:  # Ctrl-C or the plan runner's deadline: keep what was learned
+        bar.write(f"interrupted at step {step}: checkpoint and export")
     finally:
         bar.close()
         checkpoint()
