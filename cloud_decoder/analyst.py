@@ -18,6 +18,7 @@ from .forwarding import Forwarder
 from .metrics import CloudMetrics
 from .sessions import EnhancementUnavailableError, SessionRegistry
 from .storage import FrameQuery, FrameRow, Store
+from .thumbnails import jpeg_thumbnail
 
 __all__ = ["AnalystServicer", "DetectionHub", "frame_message", "png_bytes"]
 
@@ -30,7 +31,7 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def frame_message(row: FrameRow) -> pb.FrameRecord:
+def frame_message(row: FrameRow, thumbnail: bytes | None = None) -> pb.FrameRecord:
     return pb.FrameRecord(
         camera_id=row.camera_id, frame_id=row.frame_id, capture_time_us=row.capture_us,
         arrival_time_us=row.arrival_us, stored_time_us=row.stored_us,
@@ -39,8 +40,11 @@ def frame_message(row: FrameRow) -> pb.FrameRecord:
                                  class_name=str(d.get("class_name", "")),
                                  score=float(d.get("score", 0.0)),
                                  box=[float(v) for v in d.get("box_xyxy", ())],
-                                 model=str(d.get("model", "")))
-                    for d in row.detections])
+                                 model=str(d.get("model", "")),
+                                 mask=[pb.MaskPolygon(xy=[float(v) for v in poly])
+                                       for poly in d.get("mask_polygons") or ()])
+                    for d in row.detections],
+        thumbnail_jpeg=thumbnail or b"")
 
 
 class DetectionHub:
@@ -107,17 +111,26 @@ class AnalystServicer(pb_grpc.AnalystServicer):
         return self.decoder  # type: ignore[return-value]
 
     def ListCameras(self, request, context):
-        live = {s.camera_id for s in self.sessions.all()}
+        live = {s.camera_id: s for s in self.sessions.all()}
         cams = []
         for c in self.store.cameras():
+            if request.camera_id and c.camera_id != request.camera_id:
+                continue
             width, height = c.width, c.height
             if not width and c.last_frame_id:  # the edge said hello before its first frame
                 last = self.store.frame(c.camera_id, c.last_frame_id)
                 width, height = (last.width, last.height) if last else (0, 0)
-            cams.append(pb.Camera(camera_id=c.camera_id, online=c.online or c.camera_id in live,
+            session = live.get(c.camera_id)
+            recent = self.store.recent_stats(c.camera_id)
+            cams.append(pb.Camera(camera_id=c.camera_id, online=c.online or session is not None,
                                   width=width, height=height, base_model_id=c.base_model_id,
                                   frames_stored=c.frames_stored, last_frame_id=c.last_frame_id,
-                                  last_seen_us=c.last_seen_us, instance=c.instance))
+                                  last_seen_us=c.last_seen_us, instance=c.instance,
+                                  base_models=list(session.hello.base_models) if session else [],
+                                  enhancement_model_id=c.enhancement_model_id,
+                                  last_capture_us=recent.last_capture_us,
+                                  recent_bpp=recent.mean_bpp, recent_kbps=recent.kbps,
+                                  recent_fps=recent.fps))
         return pb.ListCamerasResponse(cameras=cams)
 
     def ListFrames(self, request, context):
@@ -125,16 +138,34 @@ class AnalystServicer(pb_grpc.AnalystServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "limit is at most 10000")
         q = FrameQuery(camera_id=request.camera_id, since_us=request.since_us,
                        until_us=request.until_us, class_name=request.class_name,
-                       limit=request.limit or 100, after_frame_id=request.after_frame_id)
-        return pb.ListFramesResponse(frames=[frame_message(r) for r in self.store.frames(q)])
+                       limit=request.limit or 100, after_frame_id=request.after_frame_id,
+                       before_frame_id=request.before_frame_id,
+                       newest_first=request.newest_first)
+        rows = self.store.frames(q)
+        thumbs = (self.store.thumbnails([(r.camera_id, r.frame_id) for r in rows])
+                  if request.include_thumbnails else {})
+        return pb.ListFramesResponse(frames=[
+            frame_message(r, thumbs.get((r.camera_id, r.frame_id))) for r in rows])
 
     def GetFrame(self, request, context):
         row = self._frame(request.camera_id, request.frame_id, context,
-                          with_layer=request.include_image)
-        resp = pb.GetFrameResponse(frame=frame_message(row))
+                          with_layer=request.include_image or request.include_thumbnail)
+        thumb = None
+        image = None
+        if request.include_thumbnail:
+            thumb = self.store.thumbnails([(row.camera_id, row.frame_id)]).get(
+                (row.camera_id, row.frame_id))
+            if thumb is None:  # stored before thumbnails existed: make it once, keep it
+                image = self._decoder(context).decode([row.base_layer])[0].image
+                thumb = jpeg_thumbnail(image)
+                self.store.put_thumbnail(row.camera_id, row.frame_id, thumb)
+        resp = pb.GetFrameResponse(frame=frame_message(row, thumb),
+                                   human_view_cached=self.store.has_human_view(
+                                       row.camera_id, row.frame_id))
         if request.include_image:
-            decoder = self._decoder(context)
-            resp.machine_png = png_bytes(decoder.decode([row.base_layer])[0].image)
+            if image is None:
+                image = self._decoder(context).decode([row.base_layer])[0].image
+            resp.machine_png = png_bytes(image)
         return resp
 
     def GetHumanView(self, request, context):
@@ -143,6 +174,10 @@ class AnalystServicer(pb_grpc.AnalystServicer):
         if cached is not None:
             self.metrics.enhancement_requests.labels("cached").inc()
             return self._human_response(row, *cached, cached=True)
+        if request.cached_only:
+            context.abort(grpc.StatusCode.NOT_FOUND,
+                          f"no human view of frame {row.frame_id} of camera {row.camera_id!r} "
+                          "is cached")
         if self.sessions.get(row.camera_id) is None:
             forwarded = self._forward_human_view(request, context)
             if forwarded is not None:
@@ -211,7 +246,8 @@ class AnalystServicer(pb_grpc.AnalystServicer):
                     row = q.get(timeout=0.5)
                 except queue.Empty:
                     continue
-                yield pb.FrameDetections(frame=frame_message(row))
+                yield pb.FrameDetections(frame=frame_message(
+                    row, row.thumbnail if request.include_thumbnails else None))
         finally:
             self.hub.unsubscribe(q)
 

@@ -20,6 +20,7 @@ from .decoders import NoopDecoder, RejectedLayerError
 from .metrics import CloudMetrics
 from .sessions import EdgeSession
 from .storage import FrameRow, Store
+from .thumbnails import jpeg_thumbnail
 
 __all__ = ["IngestItem", "IngestPipeline", "now_us"]
 
@@ -181,5 +182,6 @@ class IngestPipeline:
                 capture_us=it.frame.capture_time_us or it.arrival_us, arrival_us=it.arrival_us,
                 stored_us=now_us(), width=h.width, height=h.height, base_bytes=n,
                 bpp=8.0 * n / max(1, h.width * h.height), detections=dets,
-                base_layer=bytes(it.frame.layer)))
+                base_layer=bytes(it.frame.layer),
+                thumbnail=None if dec.image is None else jpeg_thumbnail(dec.image)))
         return rows
