@@ -113,9 +113,7 @@ class AnalystServicer(pb_grpc.AnalystServicer):
     def ListCameras(self, request, context):
         live = {s.camera_id: s for s in self.sessions.all()}
         cams = []
-        for c in self.store.cameras():
-            if request.camera_id and c.camera_id != request.camera_id:
-                continue
+        for c in self.store.cameras(request.camera_id):
             width, height = c.width, c.height
             if not width and c.last_frame_id:  # the edge said hello before its first frame
                 last = self.store.frame(c.camera_id, c.last_frame_id)

@@ -196,6 +196,10 @@ def _demo_configure(p: argparse.ArgumentParser) -> None:
                    help="cloud /metrics port (the edge's is the next one)")
     p.add_argument("--linger", type=float, default=0.0,
                    help="keep the services (and /metrics) up this many seconds at the end")
+    p.add_argument("--console-port", type=int, default=0,
+                   help="web console port (0: any free port, -1: no console)")
+    p.add_argument("--console-host", default="127.0.0.1",
+                   help="web console address (default: this machine only)")
 
 
 @command("demo", "cloud + edge on this machine: stream a video, detect, fetch a human view",
