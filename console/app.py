@@ -186,7 +186,7 @@ class AccessGuard:
          "form-action 'self'"),
         ("x-content-type-options", "nosniff"),
         ("x-frame-options", "DENY"),
-        ("referrer-policy", "no-referrer"),
+        ("referrer-policy", "same-origin"),   # "no-referrer" makes Chromium send Origin: null
         ("cache-control", "no-store"),
     )
 
