@@ -25,6 +25,10 @@ def _configure(p: argparse.ArgumentParser) -> None:
                    help="serve HTTPS with this certificate (PEM) [$ICM_CONSOLE_TLS_CERT]")
     p.add_argument("--https-key", default=env_default("ICM_CONSOLE_TLS_KEY"),
                    help="its private key [$ICM_CONSOLE_TLS_KEY]")
+    p.add_argument("--secure-cookies", action="store_true",
+                   default=env_default("ICM_CONSOLE_SECURE_COOKIES", "") not in ("", "0"),
+                   help="mark the session cookie Secure (HTTPS ends at a proxy in front) "
+                        "[$ICM_CONSOLE_SECURE_COOKIES]")
     p.add_argument("--public-url", default=env_default("ICM_CONSOLE_URL", ""),
                    help="the console's address as people reach it (for the printed login "
                         "link) [$ICM_CONSOLE_URL]")
@@ -66,7 +70,7 @@ def _console(args: argparse.Namespace) -> int:
     config = ConsoleConfig(cloud=args.cloud, analyst_token=os.environ.get("ICM_ANALYST_TOKEN", ""),
                            tls=tls or TLSFiles(), server_name=args.server_name,
                            viewer_token=viewer, admin_token=admin, page_size=args.page_size,
-                           timeout_s=args.timeout)
+                           timeout_s=args.timeout, cookie_secure=args.secure_cookies)
     server = ConsoleServer(config, host=host or "0.0.0.0", port=int(port),
                            ssl_certfile=args.https_cert, ssl_keyfile=args.https_key)
     server.start()
