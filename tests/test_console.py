@@ -471,3 +471,48 @@ def test_pages_are_fast_with_100k_frames(tmp_path):
         print(f"  {name:24s} {1000 * s:7.1f} ms")
     for name, s in times.items():
         assert s < 1.0, f"{name} took {s:.2f} s"
+
+
+# -- TLS: to a cloud that uses it, and the console's own HTTPS ------------------------------------
+def test_tls_to_the_cloud_and_https(tmp_path):
+    from icm_rpc.tls import TLSFiles, make_ca, make_cert
+
+    pki = tmp_path / "pki"
+    ca, _ = make_ca(pki)
+    cert, key = make_cert(pki, "cloud", server=True)
+    web_cert, web_key = make_cert(pki, "console", server=True)
+    tls = TLSFiles(ca, cert, key)
+    cloud = CloudServer(CloudConfig(listen="127.0.0.1:0", analyst_listen="127.0.0.1:0",
+                                    db=str(tmp_path / "c.sqlite3"), detectors=[], tls=tls,
+                                    analyst_token=CLOUD_TOKEN)).start()
+    try:
+        target = f"localhost:{cloud.analyst_port}"
+        plain = ConsoleServer(ConsoleConfig(cloud=target, analyst_token=CLOUD_TOKEN,
+                                            viewer_token=VIEWER), port=0).start()
+        try:   # no CA: the console cannot talk to a TLS cloud, and says so (never a 500)
+            r = httpx.get(plain.url + "/api/cameras", headers={"authorization": f"Bearer {VIEWER}"})
+            assert error_of(r, 502)["code"] in ("cloud_unreachable", "cloud_error")
+        finally:
+            plain.stop()
+        with ConsoleServer(ConsoleConfig(cloud=target, analyst_token=CLOUD_TOKEN,
+                                         tls=TLSFiles(ca=ca), viewer_token=VIEWER),
+                           port=0, ssl_certfile=str(web_cert), ssl_keyfile=str(web_key)) as web:
+            assert web.url.startswith("https://")
+            import ssl
+
+            with httpx.Client(base_url=web.url,
+                              verify=ssl.create_default_context(cafile=str(ca))) as c:
+                r = c.get("/api/cameras", headers={"authorization": f"Bearer {VIEWER}"})
+                assert r.status_code == 200 and r.json() == {"cameras": []}
+                r = c.get("/login", params={"token": VIEWER})
+                assert "secure" in r.headers["set-cookie"].lower()
+        wrong = ConsoleServer(ConsoleConfig(cloud=target, analyst_token="not-the-token",
+                                            tls=TLSFiles(ca=ca), viewer_token=VIEWER),
+                              port=0).start()
+        try:
+            r = httpx.get(wrong.url + "/api/cameras", headers={"authorization": f"Bearer {VIEWER}"})
+            assert error_of(r, 502)["code"] == "cloud_refused"
+        finally:
+            wrong.stop()
+    finally:
+        cloud.stop()
