@@ -203,7 +203,8 @@ def test_browse_frames_with_detections_and_human_view(world, page):
     page.click("#human-button")
     page.wait_for_selector("#human-status progress")   # progress while the edge answers
     assert "Asking camera gate-1's edge" in page.locator("#human-status").inner_text()
-    page.wait_for_selector("#human-figure", state="visible", timeout=120_000)
+    page.wait_for_selector("#human-view", state="visible", timeout=120_000)
+    assert page.locator("#human-placeholder").is_hidden()
     page.wait_for_function("() => document.getElementById('human-img').naturalWidth === 768")
     caption = page.locator("#human-caption").inner_text()
     assert re.search(r"[\d.]+ bpp = base [\d.]+ \+ enhancement [\d.]+ bpp", caption), caption
@@ -222,7 +223,8 @@ def test_offline_camera_gives_the_clear_message(world, page):
     alert = page.locator("#human-status.problem")
     alert.wait_for()
     assert "Camera gate-2 is offline" in alert.inner_text()
-    assert page.locator("#human-figure").is_hidden()
+    assert page.locator("#human-view").is_hidden()
+    assert "offline now" in page.locator("#human-placeholder").inner_text()
     # a frame that does not exist: a page that says so, with the right status
     resp = page.goto(f"{url}/cameras/gate-2/frames/999")
     assert resp.status == 404 and "no frame 999" in page.locator(".problem").inner_text()

@@ -29,7 +29,8 @@ function setupFrame() {
   });
   const button = document.getElementById("human-button");
   const status = document.getElementById("human-status");
-  const figure = document.getElementById("human-figure");
+  const humanView = document.getElementById("human-view");
+  const placeholder = document.getElementById("human-placeholder");
   const caption = document.getElementById("human-caption");
   const slider = document.getElementById("compare-slider");
   const clip = document.getElementById("machine-clip");
@@ -46,10 +47,10 @@ function setupFrame() {
     const img = document.getElementById("human-img");
     img.src = job.image;
     img.addEventListener("load", () => {
-      figure.hidden = false;
+      placeholder.hidden = true;
+      humanView.hidden = false;
       slider.value = "100";
       clip.style.width = "0%";
-      viewer.classList.add("with-human");
     }, {once: true});
     caption.textContent = `Human image (base + enhancement): ${job.total_bpp.toFixed(4)} bpp ` +
       `= base ${job.base_bpp.toFixed(4)} + enhancement ${job.enhancement_bpp.toFixed(4)} bpp ` +
