@@ -516,3 +516,24 @@ def test_tls_to_the_cloud_and_https(tmp_path):
             wrong.stop()
     finally:
         cloud.stop()
+
+
+def test_thumbnails_without_ingest_are_made_once(tmp_path, photos):
+    """--thumbnail-width 0: nothing kept at ingest; the first request makes and keeps one."""
+    frame = np.asarray(Image.fromarray(photos[1]).resize((160, 128)))
+    db = tmp_path / "c.sqlite3"
+    with CloudServer(CloudConfig(listen="127.0.0.1:0", db=str(db), detectors=[],
+                                 thumbnail_width=0)) as cloud:
+        with EdgeService(EdgeConfig(camera_id="cam-t", cloud=f"127.0.0.1:{cloud.port}",
+                                    spool_dir=tmp_path / "spool")) as edge:
+            edge.capture_one(frame)
+            assert edge.wait_drained(60)
+        with sqlite3.connect(db) as conn:
+            assert conn.execute("SELECT COUNT(*) FROM thumbnails").fetchone()[0] == 0
+        with ConsoleServer(ConsoleConfig(cloud=f"127.0.0.1:{cloud.port}", viewer_token=VIEWER),
+                           port=0) as console, httpx.Client(
+                base_url=console.url, headers={"authorization": f"Bearer {VIEWER}"}) as c:
+            r = c.get("/api/cameras/cam-t/frames/1/thumbnail.jpg")
+            assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+        with sqlite3.connect(db) as conn:
+            assert conn.execute("SELECT COUNT(*) FROM thumbnails").fetchone()[0] == 1
