@@ -537,3 +537,44 @@ def test_thumbnails_without_ingest_are_made_once(tmp_path, photos):
             assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
         with sqlite3.connect(db) as conn:
             assert conn.execute("SELECT COUNT(*) FROM thumbnails").fetchone()[0] == 1
+
+
+@pytest.mark.slow
+def test_icm_console_command(tmp_path):
+    """The real command: with no token configured it makes one and prints its login link on
+    stdout only (not in the log); an unreachable cloud is a clear 502; SIGTERM ends it."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ICM_")}
+    env["OMP_NUM_THREADS"] = "1"
+    from icm_codec.cli import main
+
+    assert main(["console", "--listen", "nope"]) == 2         # a clear error, nothing served
+    out, err = tmp_path / "out.txt", tmp_path / "err.txt"
+    with out.open("w") as fo, err.open("w") as fe:
+        proc = subprocess.Popen([sys.executable, "-m", "icm_codec.cli", "console", "--listen",
+                                 "127.0.0.1:0", "--cloud", "127.0.0.1:9"], stdout=fo, stderr=fe,
+                                env=env)
+        try:
+            wait_for(lambda: "log in at" in out.read_text() or proc.poll() is not None, 120,
+                     "the login link")
+            m = re.search(r"log in at (http://127\.0\.0\.1:\d+)/login\?token=([\w-]+)",
+                          out.read_text())
+            assert m, out.read_text() + err.read_text()
+            base, token = m.group(1), m.group(2)
+            assert len(token) >= 24
+            with httpx.Client(base_url=base) as c:
+                r = c.get("/login", params={"token": token})
+                assert r.status_code == 303 and "set-cookie" in r.headers
+                assert error_of(c.get("/api/cameras"), 502)["code"] == "cloud_unreachable"
+                assert c.get("/healthz").json() == {"status": "ok"}
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            rc = proc.wait(30)
+    assert rc == 0
+    log = err.read_text()
+    assert "GET /login 303" in log and token not in log
