@@ -120,16 +120,45 @@ class AnalystServicer(pb_grpc.AnalystServicer):
                 width, height = (last.width, last.height) if last else (0, 0)
             session = live.get(c.camera_id)
             recent = self.store.recent_stats(c.camera_id)
+            if session is not None:
+                base_models = list(session.hello.base_models)
+            elif request.camera_id:   # one camera: its stream's instance knows (one call)
+                base_models = self._remote_base_models(c.camera_id, c.online, c.instance,
+                                                       context)
+            else:
+                base_models = []
             cams.append(pb.Camera(camera_id=c.camera_id, online=c.online or session is not None,
                                   width=width, height=height, base_model_id=c.base_model_id,
                                   frames_stored=c.frames_stored, last_frame_id=c.last_frame_id,
                                   last_seen_us=c.last_seen_us, instance=c.instance,
-                                  base_models=list(session.hello.base_models) if session else [],
+                                  base_models=base_models,
                                   enhancement_model_id=c.enhancement_model_id,
                                   last_capture_us=recent.last_capture_us,
                                   recent_bpp=recent.mean_bpp, recent_kbps=recent.kbps,
                                   recent_fps=recent.fps))
         return pb.ListCamerasResponse(cameras=cams)
+
+    def _peer(self, online: bool, instance: str, context: grpc.ServicerContext) -> str:
+        """The instance holding a camera's stream when it is another one ('' otherwise)."""
+        fw = self.forwarder
+        if (fw is None or fw.is_forwarded(context) or not online or not instance
+                or instance == fw.instance):
+            return ""
+        return instance
+
+    def _remote_base_models(self, camera_id: str, online: bool, instance: str,
+                            context: grpc.ServicerContext) -> list[str]:
+        peer = self._peer(online, instance, context)
+        if not peer:
+            return []
+        try:
+            # short: a stale row (an instance that died) must not hold up a listing
+            resp = self.forwarder.call(peer, "ListCameras",  # type: ignore[union-attr]
+                                       pb.ListCamerasRequest(camera_id=camera_id), context,
+                                       max_timeout_s=2.0)
+        except grpc.RpcError:
+            return []   # a list without the models, not a failed listing
+        return [m for cam in resp.cameras for m in cam.base_models]
 
     def ListFrames(self, request, context):
         if request.limit > 10000:
@@ -252,6 +281,14 @@ class AnalystServicer(pb_grpc.AnalystServicer):
     def ChangeSettings(self, request, context):
         session = self.sessions.get(request.camera_id)
         if session is None:
+            cam = self.store.camera(request.camera_id)
+            peer = self._peer(cam.online, cam.instance, context) if cam else ""
+            if peer:   # the camera streams to another instance: settings go down that stream
+                try:
+                    return self.forwarder.call(peer, "ChangeSettings",  # type: ignore[union-attr]
+                                               request, context)
+                except grpc.RpcError as e:
+                    context.abort(e.code(), f"via instance {peer}: {e.details()}")
             context.abort(grpc.StatusCode.UNAVAILABLE, f"camera {request.camera_id!r} is offline")
         base = request.settings.base_model_id
         if base and base not in session.hello.base_models:  # type: ignore[union-attr]
