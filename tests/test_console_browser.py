@@ -44,30 +44,35 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(argv: list[str], log: Path, pattern: str, env: dict, timeout: float = 180.0):
-    f = log.open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "icm_codec.cli", *argv], stdout=f,
+def spawn(argv: list[str], log: Path, env: dict) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "icm_codec.cli", *argv], stdout=log.open("w"),
                             stderr=subprocess.STDOUT, env=env, cwd=log.parent)
+
+
+def started(proc: subprocess.Popen, log: Path, pattern: str, timeout: float = 180.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         m = re.search(pattern, log.read_text())
         if m:
-            return proc, m
+            return m
         if proc.poll() is not None:
             break
         time.sleep(0.2)
     proc.kill()
-    raise AssertionError(f"`icm {argv[0]}` did not start:\n{log.read_text()[-3000:]}")
+    raise AssertionError(f"{log.name}: did not start:\n{log.read_text()[-3000:]}")
 
 
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
+def stop(procs: list[subprocess.Popen]) -> None:
+    """SIGTERM to all at once, then wait (each shuts down gracefully in parallel)."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
         try:
-            proc.wait(20)
+            p.wait(20)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            p.kill()
+            p.wait()
 
 
 def video_frames(path: Path, n: int) -> list[np.ndarray]:
@@ -99,14 +104,18 @@ def world(tmp_path_factory, shared_dir):
            "ICM_ANALYST_TOKEN": CLOUD_TOKEN, "YOLO_OFFLINE": "1"}
     for k in ("ICM_CONSOLE_TOKEN", "ICM_CONSOLE_ADMIN_TOKEN"):
         env.pop(k, None)
-    cloud, m = start(["cloud", "--listen", "127.0.0.1:0", "--db", str(tmp / "cloud.sqlite3"),
-                      "--detectors", "yolo26n-seg", "--weights-dir", str(weights),
-                      "--metrics-port", "-1", "--threads", "1"], tmp / "cloud.log",
-                     r"listening on port (\d+)", env)
-    procs = [cloud]
+    port = free_port()
+    # cloud and console start side by side (the console needs the cloud only per request)
+    cloud = spawn(["cloud", "--listen", f"127.0.0.1:{port}", "--db", str(tmp / "cloud.sqlite3"),
+                   "--detectors", "yolo26n-seg", "--weights-dir", str(weights),
+                   "--metrics-port", "-1", "--threads", "1"], tmp / "cloud.log", env)
+    console = spawn(["console", "--listen", f"127.0.0.1:{free_port()}", "--cloud",
+                     f"127.0.0.1:{port}", "--page-size", "24"], tmp / "console.log",
+                    {**env, "ICM_CONSOLE_TOKEN": VIEWER, "ICM_CONSOLE_ADMIN_TOKEN": ADMIN})
+    procs = [cloud, console]
     edges: dict[str, EdgeService] = {}
     try:
-        port = int(m.group(1))
+        started(cloud, tmp / "cloud.log", r"listening on port (\d+)")
         for cam in ("gate-1", "gate-2"):
             edges[cam] = EdgeService(EdgeConfig(camera_id=cam, cloud=f"127.0.0.1:{port}",
                                                 spool_dir=tmp / f"spool-{cam}")).start()
@@ -116,35 +125,37 @@ def world(tmp_path_factory, shared_dir):
         for e in edges.values():
             assert e.wait_drained(180)
         edges.pop("gate-2").stop()          # gate-2 goes offline: its enhancement layers too
-        console_env = {**env, "ICM_CONSOLE_TOKEN": VIEWER, "ICM_CONSOLE_ADMIN_TOKEN": ADMIN}
-        console, m2 = start(["console", "--listen", f"127.0.0.1:{free_port()}", "--cloud",
-                             f"127.0.0.1:{port}", "--page-size", "24"], tmp / "console.log",
-                            r"serving (http://\S+)", console_env)
-        procs.append(console)
-        yield {"url": m2.group(1), "edge": edges["gate-1"], "frames": frames, "tmp": tmp,
+        m = started(console, tmp / "console.log", r"serving (http://\S+)")
+        yield {"url": m.group(1), "edge": edges["gate-1"], "frames": frames, "tmp": tmp,
                "console_log": tmp / "console.log"}
     finally:
         for e in edges.values():
             e.stop()
-        for p in reversed(procs):
-            stop(p)
+        stop(procs)
+
+
+@pytest.fixture(scope="module")
+def browser(world, tmp_path_factory):
+    """One Chromium for the module (Playwright gives it a fresh, temporary --user-data-dir);
+    each test gets its own context: no cookies carried from one test to the next."""
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        yield b
+        b.close()
 
 
 @pytest.fixture()
-def page(world, tmp_path):
-    with sync_api.sync_playwright() as p:
-        ctx = p.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True,
-            args=CHROMIUM_FLAGS, viewport={"width": 1400, "height": 1000})
-        ctx.set_default_timeout(30_000)
-        pg = ctx.new_page()
-        errors: list[str] = []
-        pg.on("pageerror", lambda e: errors.append(str(e)))
-        pg.on("console", lambda m: errors.append(m.text) if m.type == "error"
-              and "the server responded with a status of" not in m.text else None)
-        yield pg
-        ctx.close()
-        assert not errors, errors   # no script errors, no CSP violations
+def page(browser):
+    ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+    ctx.set_default_timeout(30_000)
+    pg = ctx.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.on("console", lambda m: errors.append(m.text) if m.type == "error"
+          and "the server responded with a status of" not in m.text else None)
+    yield pg
+    ctx.close()
+    assert not errors, errors   # no script errors, no CSP violations
 
 
 def loaded(pg, selector: str) -> bool:
