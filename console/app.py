@@ -311,10 +311,11 @@ def create_app(config: ConsoleConfig) -> FastAPI:
             raise CloudError(400, "bad_time", "since must be before until")
         if before and after:
             raise CloudError(400, "bad_request", "give before or after, not both")
-        cam = await cloud.camera(camera_id)  # 404 for an unknown camera, before listing
-        frames = await cloud.frames(camera_id, class_name=class_name.strip(),
-                                    since_us=since_us, until_us=until_us, before=before,
-                                    after=after, limit=limit)
+        # both at once (an unknown camera lists no frames, and camera() answers 404)
+        cam, frames = await asyncio.gather(
+            cloud.camera(camera_id),
+            cloud.frames(camera_id, class_name=class_name.strip(), since_us=since_us,
+                         until_us=until_us, before=before, after=after, limit=limit))
         out = []
         for f in frames:
             if f.thumbnail_jpeg:
@@ -331,7 +332,7 @@ def create_app(config: ConsoleConfig) -> FastAPI:
 
     async def frame_data(camera_id: str, frame_id: int) -> dict[str, Any]:
         check_camera(camera_id)
-        cam = await cloud.camera(camera_id)
+        cam = await cloud.camera(camera_id)   # first: "unknown camera" before "no frame"
         resp, older, newer = await asyncio.gather(
             cloud.frame(camera_id, frame_id),
             cloud.frames(camera_id, before=frame_id, limit=1, thumbnails=False),
