@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CameraRow", "FrameQuery", "FrameRow", "RecentStats", "Store", "open_store"]
+__all__ = ["CameraRow", "FrameQuery", "FrameRow", "Store", "open_store"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS cameras (
@@ -35,12 +35,12 @@ CREATE INDEX IF NOT EXISTS frames_by_time ON frames (camera_id, capture_us);
 CREATE TABLE IF NOT EXISTS frame_classes (
     camera_id TEXT NOT NULL, frame_id BIGINT NOT NULL, class_name TEXT NOT NULL,
     PRIMARY KEY (class_name, camera_id, frame_id));
-CREATE TABLE IF NOT EXISTS human_views (
-    camera_id TEXT NOT NULL, frame_id BIGINT NOT NULL, png {blob} NOT NULL,
-    enhancement_bytes INTEGER NOT NULL, PRIMARY KEY (camera_id, frame_id));
 CREATE TABLE IF NOT EXISTS thumbnails (
     camera_id TEXT NOT NULL, frame_id BIGINT NOT NULL, jpeg {blob} NOT NULL,
     PRIMARY KEY (camera_id, frame_id));
+CREATE TABLE IF NOT EXISTS human_views (
+    camera_id TEXT NOT NULL, frame_id BIGINT NOT NULL, png {blob} NOT NULL,
+    enhancement_bytes INTEGER NOT NULL, PRIMARY KEY (camera_id, frame_id));
 """
 
 _FRAME_COLS = ("camera_id, frame_id, capture_us, arrival_us, stored_us, width, height, "
