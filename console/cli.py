@@ -53,7 +53,6 @@ def _console(args: argparse.Namespace) -> int:
     from .app import ConsoleConfig
     from .server import ConsoleServer, login_url, new_token
 
-    setup_logging(args.log_level, args.log_format)
     host, sep, port = args.listen.rpartition(":")
     if not sep or not port.isdigit():
         raise ValueError(f"--listen wants HOST:PORT, got {args.listen!r}")
@@ -61,6 +60,7 @@ def _console(args: argparse.Namespace) -> int:
         raise ValueError("--page-size is 1-200")
     if bool(args.https_cert) != bool(args.https_key):
         raise ValueError("--https-cert and --https-key go together")
+    setup_logging(args.log_level, args.log_format)   # after the checks: bad flags change nothing
     viewer = os.environ.get("ICM_CONSOLE_TOKEN", "")
     admin = os.environ.get("ICM_CONSOLE_ADMIN_TOKEN", "")
     generated = not viewer and not admin
