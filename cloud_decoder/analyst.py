@@ -18,6 +18,7 @@ from .forwarding import Forwarder
 from .metrics import CloudMetrics
 from .sessions import EnhancementUnavailableError, SessionRegistry
 from .storage import FrameQuery, FrameRow, Store
+from .thumbnails import jpeg_thumbnail
 
 __all__ = ["AnalystServicer", "DetectionHub", "frame_message", "png_bytes"]
 
@@ -30,7 +31,7 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def frame_message(row: FrameRow) -> pb.FrameRecord:
+def frame_message(row: FrameRow, thumbnail: bytes | None = None) -> pb.FrameRecord:
     return pb.FrameRecord(
         camera_id=row.camera_id, frame_id=row.frame_id, capture_time_us=row.capture_us,
         arrival_time_us=row.arrival_us, stored_time_us=row.stored_us,
@@ -39,8 +40,11 @@ def frame_message(row: FrameRow) -> pb.FrameRecord:
                                  class_name=str(d.get("class_name", "")),
                                  score=float(d.get("score", 0.0)),
                                  box=[float(v) for v in d.get("box_xyxy", ())],
-                                 model=str(d.get("model", "")))
-                    for d in row.detections])
+                                 model=str(d.get("model", "")),
+                                 mask=[pb.MaskPolygon(xy=[float(v) for v in poly])
+                                       for poly in d.get("mask_polygons") or ()])
+                    for d in row.detections],
+        thumbnail_jpeg=thumbnail or b"")
 
 
 class DetectionHub:
@@ -107,34 +111,88 @@ class AnalystServicer(pb_grpc.AnalystServicer):
         return self.decoder  # type: ignore[return-value]
 
     def ListCameras(self, request, context):
-        live = {s.camera_id for s in self.sessions.all()}
+        live = {s.camera_id: s for s in self.sessions.all()}
         cams = []
-        for c in self.store.cameras():
+        for c in self.store.cameras(request.camera_id):
             width, height = c.width, c.height
             if not width and c.last_frame_id:  # the edge said hello before its first frame
                 last = self.store.frame(c.camera_id, c.last_frame_id)
                 width, height = (last.width, last.height) if last else (0, 0)
-            cams.append(pb.Camera(camera_id=c.camera_id, online=c.online or c.camera_id in live,
+            session = live.get(c.camera_id)
+            recent = self.store.recent_stats(c.camera_id)
+            if session is not None:
+                base_models = list(session.hello.base_models)
+            elif request.camera_id:   # one camera: its stream's instance knows (one call)
+                base_models = self._remote_base_models(c.camera_id, c.online, c.instance,
+                                                       context)
+            else:
+                base_models = []
+            cams.append(pb.Camera(camera_id=c.camera_id, online=c.online or session is not None,
                                   width=width, height=height, base_model_id=c.base_model_id,
                                   frames_stored=c.frames_stored, last_frame_id=c.last_frame_id,
-                                  last_seen_us=c.last_seen_us, instance=c.instance))
+                                  last_seen_us=c.last_seen_us, instance=c.instance,
+                                  base_models=base_models,
+                                  enhancement_model_id=c.enhancement_model_id,
+                                  last_capture_us=recent.last_capture_us,
+                                  recent_bpp=recent.mean_bpp, recent_kbps=recent.kbps,
+                                  recent_fps=recent.fps))
         return pb.ListCamerasResponse(cameras=cams)
+
+    def _peer(self, online: bool, instance: str, context: grpc.ServicerContext) -> str:
+        """The instance holding a camera's stream when it is another one ('' otherwise)."""
+        fw = self.forwarder
+        if (fw is None or fw.is_forwarded(context) or not online or not instance
+                or instance == fw.instance):
+            return ""
+        return instance
+
+    def _remote_base_models(self, camera_id: str, online: bool, instance: str,
+                            context: grpc.ServicerContext) -> list[str]:
+        peer = self._peer(online, instance, context)
+        if not peer:
+            return []
+        try:
+            # short: a stale row (an instance that died) must not hold up a listing
+            resp = self.forwarder.call(peer, "ListCameras",  # type: ignore[union-attr]
+                                       pb.ListCamerasRequest(camera_id=camera_id), context,
+                                       max_timeout_s=2.0)
+        except grpc.RpcError:
+            return []   # a list without the models, not a failed listing
+        return [m for cam in resp.cameras for m in cam.base_models]
 
     def ListFrames(self, request, context):
         if request.limit > 10000:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "limit is at most 10000")
         q = FrameQuery(camera_id=request.camera_id, since_us=request.since_us,
                        until_us=request.until_us, class_name=request.class_name,
-                       limit=request.limit or 100, after_frame_id=request.after_frame_id)
-        return pb.ListFramesResponse(frames=[frame_message(r) for r in self.store.frames(q)])
+                       limit=request.limit or 100, after_frame_id=request.after_frame_id,
+                       before_frame_id=request.before_frame_id,
+                       newest_first=request.newest_first)
+        rows = self.store.frames(q)
+        thumbs = (self.store.thumbnails([(r.camera_id, r.frame_id) for r in rows])
+                  if request.include_thumbnails else {})
+        return pb.ListFramesResponse(frames=[
+            frame_message(r, thumbs.get((r.camera_id, r.frame_id))) for r in rows])
 
     def GetFrame(self, request, context):
         row = self._frame(request.camera_id, request.frame_id, context,
-                          with_layer=request.include_image)
-        resp = pb.GetFrameResponse(frame=frame_message(row))
+                          with_layer=request.include_image or request.include_thumbnail)
+        thumb = None
+        image = None
+        if request.include_thumbnail:
+            thumb = self.store.thumbnails([(row.camera_id, row.frame_id)]).get(
+                (row.camera_id, row.frame_id))
+            if thumb is None:  # stored before thumbnails existed: make it once, keep it
+                image = self._decoder(context).decode([row.base_layer])[0].image
+                thumb = jpeg_thumbnail(image)
+                self.store.put_thumbnail(row.camera_id, row.frame_id, thumb)
+        resp = pb.GetFrameResponse(frame=frame_message(row, thumb),
+                                   human_view_cached=self.store.has_human_view(
+                                       row.camera_id, row.frame_id))
         if request.include_image:
-            decoder = self._decoder(context)
-            resp.machine_png = png_bytes(decoder.decode([row.base_layer])[0].image)
+            if image is None:
+                image = self._decoder(context).decode([row.base_layer])[0].image
+            resp.machine_png = png_bytes(image)
         return resp
 
     def GetHumanView(self, request, context):
@@ -143,6 +201,10 @@ class AnalystServicer(pb_grpc.AnalystServicer):
         if cached is not None:
             self.metrics.enhancement_requests.labels("cached").inc()
             return self._human_response(row, *cached, cached=True)
+        if request.cached_only:
+            context.abort(grpc.StatusCode.NOT_FOUND,
+                          f"no human view of frame {row.frame_id} of camera {row.camera_id!r} "
+                          "is cached")
         if self.sessions.get(row.camera_id) is None:
             forwarded = self._forward_human_view(request, context)
             if forwarded is not None:
@@ -211,13 +273,22 @@ class AnalystServicer(pb_grpc.AnalystServicer):
                     row = q.get(timeout=0.5)
                 except queue.Empty:
                     continue
-                yield pb.FrameDetections(frame=frame_message(row))
+                yield pb.FrameDetections(frame=frame_message(
+                    row, row.thumbnail if request.include_thumbnails else None))
         finally:
             self.hub.unsubscribe(q)
 
     def ChangeSettings(self, request, context):
         session = self.sessions.get(request.camera_id)
         if session is None:
+            cam = self.store.camera(request.camera_id)
+            peer = self._peer(cam.online, cam.instance, context) if cam else ""
+            if peer:   # the camera streams to another instance: settings go down that stream
+                try:
+                    return self.forwarder.call(peer, "ChangeSettings",  # type: ignore[union-attr]
+                                               request, context)
+                except grpc.RpcError as e:
+                    context.abort(e.code(), f"via instance {peer}: {e.details()}")
             context.abort(grpc.StatusCode.UNAVAILABLE, f"camera {request.camera_id!r} is offline")
         base = request.settings.base_model_id
         if base and base not in session.hello.base_models:  # type: ignore[union-attr]

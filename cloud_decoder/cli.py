@@ -37,6 +37,11 @@ def _cloud_configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-mtls", action="store_true",
                    help="with TLS: do not require edge client certificates")
     p.add_argument("--max-batch", type=int, default=32, help="frames per decode batch")
+    p.add_argument("--thumbnail-width", type=int,
+                   default=int(env_default("ICM_THUMBNAIL_WIDTH", "256")),
+                   help="keep a JPEG thumbnail this wide with each frame, for the web console "
+                        "(about 7 KB at 256; 0: none, made when first asked) "
+                        "[$ICM_THUMBNAIL_WIDTH]")
     p.add_argument("--instance", default=env_default("ICM_INSTANCE", ""),
                    help="this instance's name (default host:port)")
     p.add_argument("--advertise", default=env_default("ICM_ADVERTISE", ""),
@@ -53,6 +58,8 @@ def _cloud(args: argparse.Namespace) -> int:
     from .server import CloudConfig, serve
 
     apply_logging(args)
+    if not 0 <= args.thumbnail_width <= 4096:
+        raise ValueError("--thumbnail-width is 0 (none) to 4096 pixels")
     token = os.environ.get("ICM_ANALYST_TOKEN", "")
     if not token:
         print("icm cloud: warning: ICM_ANALYST_TOKEN is not set: the analyst API is open",
@@ -63,6 +70,7 @@ def _cloud(args: argparse.Namespace) -> int:
                       detector_conf=args.conf, analyst_token=token, tls=tls_files(args),
                       mtls=not args.no_mtls, metrics_port=metrics_port(args),
                       max_batch=args.max_batch, instance=args.instance,
+                      thumbnail_width=args.thumbnail_width,
                       advertise=args.advertise,
                       threads=args.threads))
     return 0
@@ -196,6 +204,10 @@ def _demo_configure(p: argparse.ArgumentParser) -> None:
                    help="cloud /metrics port (the edge's is the next one)")
     p.add_argument("--linger", type=float, default=0.0,
                    help="keep the services (and /metrics) up this many seconds at the end")
+    p.add_argument("--console-port", type=int, default=0,
+                   help="web console port (0: any free port, -1: no console)")
+    p.add_argument("--console-host", default="127.0.0.1",
+                   help="web console address (default: this machine only)")
 
 
 @command("demo", "cloud + edge on this machine: stream a video, detect, fetch a human view",

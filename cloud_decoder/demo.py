@@ -2,7 +2,8 @@
 
 Starts a cloud decoder and one edge encoder (in this process, on loopback sockets), streams
 the video, prints each frame's detections and bitrate as the cloud stores it, then asks for
-the human view of the busiest frame and writes its machine and human images.
+the human view of the busiest frame and writes its machine and human images. The web console
+(``icm console``) runs beside them; its login link (with a fresh token) is printed first.
 """
 
 from __future__ import annotations
@@ -36,6 +37,24 @@ def _check_inputs(args: argparse.Namespace, detectors: list[str]) -> None:
                     "or run with --detectors none") from e
 
 
+def _start_console(args: argparse.Namespace, cloud_port: int, analyst_token: str):
+    """The web console in this process, or None (``--console-port -1``, or not installed)."""
+    if args.console_port < 0:
+        return None
+    try:
+        from console import ConsoleConfig, ConsoleServer, login_url, new_token
+    except ImportError as e:
+        print(f"console not started ({e.name} is not installed: pip install -e '.[console]')",
+              flush=True)
+        return None
+    token = new_token()
+    server = ConsoleServer(ConsoleConfig(cloud=f"127.0.0.1:{cloud_port}",
+                                         analyst_token=analyst_token, admin_token=token),
+                           host=args.console_host, port=args.console_port).start()
+    print(f"web console: {login_url(server.url, token)}", flush=True)
+    return server
+
+
 def run_demo(args: argparse.Namespace) -> int:
     from edge_encoder import EdgeConfig, EdgeService
     from icm_rpc.logs import setup_logging
@@ -51,9 +70,14 @@ def run_demo(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     mport = None if args.metrics_port < 0 else args.metrics_port
     print(f"starting cloud (detectors: {', '.join(detectors) or 'none'}) ...", flush=True)
+    import secrets
+
+    analyst_token = secrets.token_urlsafe(16)
     cloud = CloudServer(CloudConfig(listen=f"127.0.0.1:{args.port}", db=str(out / "cloud.sqlite3"),
                                     detectors=detectors, weights_dir=args.weights_dir,
-                                    metrics_port=mport, instance="demo-cloud")).start()
+                                    metrics_port=mport, instance="demo-cloud",
+                                    analyst_token=analyst_token)).start()
+    console = _start_console(args, cloud.port, analyst_token)
     edge = EdgeService(EdgeConfig(camera_id="demo-cam", cloud=f"127.0.0.1:{cloud.port}",
                                   source=args.video, frames=args.frames,
                                   spool_dir=out / "edge-spool",
@@ -62,7 +86,7 @@ def run_demo(args: argparse.Namespace) -> int:
           + (f", metrics http://127.0.0.1:{cloud.metrics_server.port}/metrics (cloud), "
              f"http://127.0.0.1:{edge.metrics_server.port}/metrics (edge)" if mport is not None
              else ""), flush=True)
-    client = AnalystClient(f"127.0.0.1:{cloud.port}", timeout=300)
+    client = AnalystClient(f"127.0.0.1:{cloud.port}", analyst_token, timeout=300)
     bar = tqdm(total=args.frames, desc="frames stored", unit="frame", file=sys.stdout)
     seen: list = []
 
@@ -103,6 +127,9 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"frame {best.frame_id}: {_dets(best)}")
         print(f"  machine image ({best.bpp:.4f} bpp) -> {mpath}")
         print(f"  human image ({human.total_bpp:.4f} bpp base + enhancement) -> {hpath}")
+        if console is not None:
+            print(f"  in the web console: {console.url}/cameras/demo-cam/frames/{best.frame_id}",
+                  flush=True)
         if args.linger > 0:
             print(f"services stay up for {args.linger:.0f} s (Ctrl-C to stop)", flush=True)
             time.sleep(args.linger)
@@ -111,6 +138,8 @@ def run_demo(args: argparse.Namespace) -> int:
         return 130
     finally:
         client.close()
+        if console is not None:
+            console.stop()
         edge.stop()
         cloud.stop()
     return 0

@@ -66,8 +66,14 @@ class Forwarder:
 
     def get_human_view(self, target: str, request: pb.GetHumanViewRequest,
                        context: grpc.ServicerContext) -> pb.GetHumanViewResponse:
-        """Make the call on ``target`` with the caller's credentials and remaining deadline;
-        raises ``grpc.RpcError`` as the peer answered (or could not be reached)."""
+        return self.call(target, "GetHumanView", request, context)
+
+    def call(self, target: str, method: str, request, context: grpc.ServicerContext,
+             max_timeout_s: float | None = None):
+        """Make the Analyst call ``method`` on ``target`` with the caller's credentials and
+        remaining deadline; raises ``grpc.RpcError`` as the peer answered (or could not be
+        reached). Also used for what only the stream's instance knows: a camera's base models
+        (``ListCameras`` of one camera) and ``ChangeSettings``."""
         metadata = [(k, v) for k, v in (context.invocation_metadata() or ())
                     if k in _PASSED_ON]
         metadata.append((FORWARDED_HEADER, self.instance))
@@ -76,7 +82,9 @@ class Forwarder:
             timeout = self.default_timeout_s
         else:
             timeout = max(0.0, remaining - 0.05)      # answer before the caller gives up
-        return self._stub(target).GetHumanView(request, timeout=timeout, metadata=metadata)
+        if max_timeout_s is not None:
+            timeout = min(timeout, max_timeout_s)
+        return getattr(self._stub(target), method)(request, timeout=timeout, metadata=metadata)
 
     def close(self) -> None:
         with self._lock:

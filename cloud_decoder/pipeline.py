@@ -20,6 +20,7 @@ from .decoders import NoopDecoder, RejectedLayerError
 from .metrics import CloudMetrics
 from .sessions import EdgeSession
 from .storage import FrameRow, Store
+from .thumbnails import THUMBNAIL_WIDTH, jpeg_thumbnail
 
 __all__ = ["IngestItem", "IngestPipeline", "now_us"]
 
@@ -43,17 +44,20 @@ class IngestPipeline:
         detectors: objects with ``name`` and ``detect(frames) -> [FrameResult]`` (see
             :mod:`analytics`); empty for no analytics.
         on_stored: called with each newly stored :class:`FrameRow` (live detection streams).
+        thumbnail_width: width of the JPEG thumbnail stored with each frame (0: none).
     """
 
     def __init__(self, store: Store, decoder: NoopDecoder, detectors: Sequence,
                  metrics: CloudMetrics, *, max_batch: int = 32, max_queue: int = 4096,
-                 on_stored: Callable[[FrameRow], None] | None = None) -> None:
+                 on_stored: Callable[[FrameRow], None] | None = None,
+                 thumbnail_width: int = THUMBNAIL_WIDTH) -> None:
         self.store = store
         self.decoder = decoder
         self.detectors = list(detectors)
         self.metrics = metrics
         self.max_batch = max_batch
         self.on_stored = on_stored
+        self.thumbnail_width = thumbnail_width  # 0: none at ingest (made when first asked)
         self._queue: queue.Queue[IngestItem] = queue.Queue(max_queue)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="cloud-ingest", daemon=True)
@@ -181,5 +185,7 @@ class IngestPipeline:
                 capture_us=it.frame.capture_time_us or it.arrival_us, arrival_us=it.arrival_us,
                 stored_us=now_us(), width=h.width, height=h.height, base_bytes=n,
                 bpp=8.0 * n / max(1, h.width * h.height), detections=dets,
-                base_layer=bytes(it.frame.layer)))
+                base_layer=bytes(it.frame.layer),
+                thumbnail=None if dec.image is None or not self.thumbnail_width
+                else jpeg_thumbnail(dec.image, self.thumbnail_width)))
         return rows

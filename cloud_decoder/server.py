@@ -70,6 +70,7 @@ class CloudConfig:
     advertise: str = ""
     max_workers: int = 128
     threads: int = 0
+    thumbnail_width: int = 256        # JPEG thumbnail kept per frame for the console (0: none)
 
 
 class _Guard(grpc.ServerInterceptor):
@@ -176,7 +177,8 @@ class CloudServer:
         self.sessions = SessionRegistry()
         self.hub = DetectionHub()
         self.pipeline = IngestPipeline(self.store, self.decoder, self.detectors, self.metrics,
-                                       max_batch=c.max_batch, on_stored=self.hub.publish)
+                                       max_batch=c.max_batch, on_stored=self.hub.publish,
+                                       thumbnail_width=c.thumbnail_width)
         self.health = health.HealthServicer()
         self.server = grpc.server(
             ThreadPoolExecutor(c.max_workers, thread_name_prefix="cloud-rpc"),

@@ -436,7 +436,7 @@ def _masks(args: argparse.Namespace) -> int:
 
 
 # Service packages add their own subcommands by importing ``command`` from here.
-PLUGIN_MODULES = ("analytics.cli", "edge_encoder.cli", "cloud_decoder.cli")
+PLUGIN_MODULES = ("analytics.cli", "edge_encoder.cli", "cloud_decoder.cli", "console.cli")
 
 
 def _load_plugins() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,11 @@ def test_demo_streams_and_writes_both_images(tmp_path, photos, capsys):
     for p in (machine[0], human[0]):
         assert Image.open(p).size == (192, 128)
     assert "human image" in text and "3 frames in" in text
+    # the web console ran beside them: its login link (a fresh token) came first
+    console = [line for line in text.splitlines() if "console" in line]
+    assert console and re.search(r"http://127\.0\.0\.1:\d+/login\?token=[\w-]{20,}",
+                                 console[0]), console
+    assert text.index(console[0]) < text.index("frame ")
 
 
 def test_demo_without_detector_weights_says_how_to_get_them(tmp_path, photos, capsys):

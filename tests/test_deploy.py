@@ -59,7 +59,7 @@ def _instructions(path: Path) -> list[tuple[str, str]]:
     return out
 
 
-@pytest.mark.parametrize("name", ["edge", "cloud"])
+@pytest.mark.parametrize("name", ["edge", "cloud", "console"])
 def test_dockerfile_rules(name: str) -> None:
     ins = _instructions(DOCKER / f"{name}.Dockerfile")
     froms = [i for i, (k, _) in enumerate(ins) if k == "FROM"]
@@ -148,6 +148,12 @@ def test_compose_stack() -> None:
     for n in ("cloud", *edges):
         assert services[n].get("read_only") is True
     assert "healthcheck" in services["cloud"]
+    # the web console: a client of the cloud's analyst port (TLS), read-only, health-checked
+    console = services["console"]
+    assert console["read_only"] is True and "healthcheck" in console
+    assert console["environment"]["ICM_CLOUD"] == "cloud:50052"
+    assert console["environment"]["ICM_TLS_CA"].startswith("/certs/")
+    assert "/healthz" in " ".join(console["healthcheck"]["test"])
     # bind mounts of this repository exist
     for s in services.values():
         for v in s.get("volumes", []):
@@ -185,12 +191,12 @@ def _container_args(k8s: list[dict]) -> list[list[str]]:
     out = []
     for svc in _compose()["services"].values():
         image = svc.get("image", "")
-        if image.startswith(("icm-cloud", "icm-edge")) and "entrypoint" not in svc:
+        if image.startswith(("icm-cloud", "icm-edge", "icm-console")) and "entrypoint" not in svc:
             out.append([image.split(":")[0].removeprefix("icm-"), *svc.get("command", [])])
     for obj in k8s:
         for c in _containers(obj):
             name = c["image"].rsplit("/", 1)[-1].split(":")[0]
-            if name in ("icm-cloud", "icm-edge"):
+            if name in ("icm-cloud", "icm-edge", "icm-console"):
                 out.append([name.removeprefix("icm-"), *[re.sub(r"\$\(\w+\)", "10.0.0.1", a)
                                                           for a in c.get("args", [])]])
     return out
@@ -199,7 +205,7 @@ def _container_args(k8s: list[dict]) -> list[list[str]]:
 def test_container_command_lines_parse() -> None:
     pytest.importorskip("grpc")
     lines = _container_args([o for ov in OVERLAYS for o in render(K8S / ov)])
-    assert {a[0] for a in lines} == {"cloud", "edge"}
+    assert {a[0] for a in lines} == {"cloud", "edge", "console"}
     for argv in lines:
         _parse(argv)
 
@@ -432,9 +438,23 @@ def test_kubernetes_manifests(overlay: str) -> None:
             assert all("REPLACE_ME" in v for v in s.get("stringData", {}).values()), \
                 _key(s)
     names = {(o["kind"], o["metadata"]["name"]) for o in objs}
-    for ref in ("icm-cloud-config", "icm-cloud-secrets")[:1 if overlay == "base" else 2]:
+    refs = ["icm-cloud-config", "icm-console-config"]
+    if overlay != "base":
+        refs += ["icm-cloud-secrets", "icm-console-secrets"]
+    for ref in refs:
         kind = "ConfigMap" if ref.endswith("config") else "Secret"
         assert (kind, ref) in names, f"{kind} {ref} is referenced but not deployed"
+    # the web console: HTTP probes of /healthz, a Service on its port, one browser per replica
+    console = next(o for o in objs if o["kind"] == "Deployment"
+                   and o["metadata"]["name"] == "icm-console")
+    cc = _containers(console)[0]
+    assert cc["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    svc = next(o for o in objs if o["kind"] == "Service" and o["metadata"]["name"] == "icm-console")
+    assert svc["spec"]["sessionAffinity"] == "ClientIP"
+    assert {p["targetPort"] for p in svc["spec"]["ports"]} <= {p["name"] for p in cc["ports"]}
+    if overlay == "overlays/prod":
+        env = {e["name"]: e.get("value") for e in cc["env"]}
+        assert env["ICM_TLS_CA"] and env["ICM_CONSOLE_SECURE_COOKIES"] == "1"
 
 
 # -- the Grafana dashboard against what the services export -----------------------------------

@@ -238,6 +238,22 @@ def test_human_view_is_forwarded_to_the_instance_holding_the_stream(
                                  timeout=0.001, metadata=b.metadata)
             assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
 
+            # what only A knows (the edge's Hello) reaches B's callers through A: the base
+            # models of one camera, and settings changes (the web console's settings page)
+            one_b = bad.ListCameras(pb.ListCamerasRequest(camera_id="cam-x"), timeout=30,
+                                    metadata=b.metadata).cameras
+            one_a = pb_grpc.AnalystStub(a.channel).ListCameras(
+                pb.ListCamerasRequest(camera_id="cam-x"), timeout=30, metadata=a.metadata).cameras
+            assert [c.camera_id for c in one_b] == ["cam-x"]
+            assert one_b[0].base_models and list(one_b[0].base_models) == list(
+                one_a[0].base_models)
+            other = next(m for m in one_b[0].base_models if m != cam.base_model_id)
+            b.change_settings("cam-x", base_model_id=other)       # forwarded: A has the stream
+            with pytest.raises(grpc.RpcError) as e:
+                b.change_settings("cam-x", base_model_id="no-such-model")
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT   # A's answer
+            assert "via instance" in e.value.details()
+
             # the edge goes away: the camera is offline everywhere, B answers UNAVAILABLE
             _stop(edge)
             deadline = time.monotonic() + 30
