@@ -2,9 +2,13 @@
 
 Three parts a codec needs beyond a plain Adam loop, each here once:
 
-- :func:`make_optimizers`: the entropy bottleneck's density (the prior of z) learns at a much
-  higher rate than the transforms. At the main rate its wide initial density stays far from the
-  data for thousands of steps, and z then costs several times its entropy.
+- :func:`refit_density`: the entropy bottleneck's density (the prior of z) learns at the main
+  rate during training, where its wide initial density stays far from the data for thousands of
+  steps (z then costs far more than its entropy); before export it is fitted to the z of the
+  training data with everything else frozen, so the packaged z costs about its entropy. Fitting
+  it quickly *during* training instead (a 10x rate) collapsed the hyperprior: a sharp prior
+  pulls z to zero before the model has learnt to use it (z std 0.2, 0.004 of 0.17 bpp, σ
+  constant over the frame after 3,300 steps).
 - :class:`LRSchedule`: warm-up, a plateau at the peak and a decay over the last steps, all in
   steps (not fractions of a run), saved in the checkpoint so a resumed run keeps its schedule.
 - :class:`WeightEMA`: an exponential moving average of the weights, which is what validation
@@ -25,9 +29,9 @@ from .losses import rate_distortion_loss
 from .models import LayerCodec
 
 __all__ = ["DENSITY_LR_SCALE", "LRSchedule", "WeightEMA", "fit_steps", "make_optimizers",
-           "random_crops", "train_step"]
+           "random_crops", "refit_density", "train_step"]
 
-DENSITY_LR_SCALE = 10.0  # entropy-bottleneck density parameters: this many times the main rate
+DENSITY_LR_SCALE = 1.0  # z density during training, times the main rate (see the module doc)
 
 
 def _is_density(name: str) -> bool:
@@ -161,6 +165,42 @@ class WeightEMA:
         for k, v in state["shadow"].items():
             if k in self.shadow:
                 self.shadow[k].copy_(v)
+
+
+@torch.enable_grad()
+def refit_density(model: LayerCodec, zs: list[Tensor], steps: int = 400, lr: float = 3e-3,
+                  seed: int = 0) -> tuple[float, float]:
+    """Fit the z density (and its quantiles) of ``model`` to the latents ``zs`` (outputs of its
+    h_a on training crops) with every other weight untouched; returns z's bits per symbol
+    before and after, on ``zs``."""
+    eb = model.coder.entropy_bottleneck
+    density = [p for n, p in eb.named_parameters() if n != "quantiles"]
+    opt = torch.optim.Adam(density, lr=lr)
+    aux_opt = torch.optim.Adam([eb.quantiles], lr=1e-3)
+    gen = torch.Generator().manual_seed(seed)
+    was_training = eb.training
+
+    def bits() -> float:
+        eb.eval()
+        with torch.no_grad():
+            total = sum(float(-torch.log2(eb(z)[1]).sum()) for z in zs)
+        return total / sum(z.numel() for z in zs)
+
+    before = bits()
+    eb.train()
+    for _ in range(steps):
+        z = zs[int(torch.randint(len(zs), (1,), generator=gen))]
+        loss = -torch.log2(eb(z)[1]).sum() / z.numel()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        aux = eb.loss()
+        aux_opt.zero_grad(set_to_none=True)
+        aux.backward()
+        aux_opt.step()
+    after = bits()
+    eb.train(was_training)
+    return before, after
 
 
 def train_step(model: LayerCodec, opt: torch.optim.Optimizer, aux_opt: torch.optim.Optimizer,

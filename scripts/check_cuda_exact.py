@@ -36,7 +36,7 @@ def _train_base(steps: int) -> Path:
     torch.manual_seed(0)
     imgs = [torch.from_numpy(f).permute(2, 0, 1).float() / 255 for f in _frames([])]
     model = create_model(CodecConfig(model_id="cuda-check"))
-    fit_steps(model, imgs, steps, lmbda=0.05, lr=3e-4, density_lr_scale=1.0)  # see conftest
+    fit_steps(model, imgs, steps, lmbda=0.05, lr=3e-4)
     model.freeze()
     path = Path(tempfile.mkdtemp()) / "base.icmpkg"
     save_package(model, path)

@@ -54,10 +54,7 @@ def trained_packages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path
     """A briefly trained base and enhancement (m=4) package: realistic spread of scales.
 
     Random init puts almost every scale at the table's lower bound, which hides boundary
-    flips; after ~100 steps at a high lambda the scale indexes span most of the table. The z
-    density learns at the main rate here: with the trainer's fast density, 100 steps are
-    enough for z to shrink to almost nothing (every σ then comes from the context biases),
-    which a long run grows out of but a 100-step fixture does not.
+    flips; after ~100 steps at a high lambda the scale indexes span most of the table.
     """
     from icm_codec import CodecConfig, create_model, save_package
     from icm_codec.training import fit_steps
@@ -66,7 +63,7 @@ def trained_packages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path
     out = tmp_path_factory.mktemp("trained")
     images = _as_tensors(skimage_photos())
     base = create_model(CodecConfig(kind="base", model_id="test-base"))
-    fit_steps(base, images, 100, lmbda=0.05, lr=3e-4, density_lr_scale=1.0)
+    fit_steps(base, images, 100, lmbda=0.05, lr=3e-4)
     base.freeze()
     base_path = out / "base.icmpkg"
     digest = save_package(base, base_path)
@@ -79,7 +76,7 @@ def trained_packages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path
     def reference(x: torch.Tensor) -> torch.Tensor:
         return frozen.coder(frozen.g_a(x))["y_hat"]
 
-    fit_steps(enh, images, 40, lmbda=0.05, lr=3e-4, reference=reference, density_lr_scale=1.0)
+    fit_steps(enh, images, 40, lmbda=0.05, lr=3e-4, reference=reference)
     enh.freeze()
     enh_path = out / "enh.icmpkg"
     save_package(enh, enh_path)

@@ -35,7 +35,15 @@ from ..losses import psnr, rate_distortion_loss
 from ..models import LayerCodec, create_model
 from ..package import load_package, save_package
 from ..registry import find_package
-from ..training import DENSITY_LR_SCALE, LRSchedule, WeightEMA, make_optimizers, set_lr, train_step
+from ..training import (
+    DENSITY_LR_SCALE,
+    LRSchedule,
+    WeightEMA,
+    make_optimizers,
+    refit_density,
+    set_lr,
+    train_step,
+)
 from .data import VIDEO_EXTS, Sample, load_dataset
 from .masks import MaskMaker
 
@@ -123,6 +131,12 @@ class _Batches:
         self.crop = crop
         self.min_scale = min_scale
         self.rng = np.random.default_rng(seed)
+
+    def fork(self, seed: int) -> _Batches:
+        """The same samples with an RNG of their own (the training stream is left as it is)."""
+        other = copy.copy(self)
+        other.rng = np.random.default_rng(seed)
+        return other
 
     def _window(self, img: np.ndarray) -> int:
         """Side of the source window: crop / s for a random scale s the image allows."""
@@ -399,9 +413,11 @@ def _train(cfg: TrainConfig, out: Path, progress: bool) -> Path:
         tmp.replace(ckpt_path)
 
     def export_now() -> Path:
+        crops = batches.fork(cfg.seed + 7919 * step)
         with ema.applied(model):
+            zs = hyper_latents(model, ref, crops, cfg.batch, cfg.device)
             return export(model, cfg, out / "model.icmpkg", step=step, wall=wall,
-                          n_train=len(train_s), schedule=schedule, init=init)
+                          n_train=len(train_s), schedule=schedule, init=init, zs=zs)
 
     model.train()
     last_ckpt = last_export = time.monotonic()
@@ -447,11 +463,29 @@ def _train(cfg: TrainConfig, out: Path, progress: bool) -> Path:
     return export_now()
 
 
+@torch.no_grad()
+def hyper_latents(model: LayerCodec, ref: _Reference, crops: _Batches, batch: int, device: str,
+                  n: int = 64) -> list[torch.Tensor]:
+    """z = h_a(g_a(x)) of ``n`` batches of training crops (CPU tensors), for the density fit."""
+    was = model.training
+    model.eval()
+    zs = []
+    for _ in range(n):
+        x, _ = crops.next(batch)
+        x = x.to(device)
+        y = model.g_a(model.analysis_input(x, ref(x)))
+        zs.append(model.coder.h_a(y).cpu())
+    model.train(was)
+    return zs
+
+
 def export(model: LayerCodec, cfg: TrainConfig, path: Path, *, step: int, wall: float,
-           n_train: int, schedule: LRSchedule | None = None, init: InitRecord | None = None
-           ) -> Path:
-    """Freeze a copy (integer weights, CDF tables) and write the package with its record."""
+           n_train: int, schedule: LRSchedule | None = None, init: InitRecord | None = None,
+           zs: list[torch.Tensor] | None = None) -> Path:
+    """Freeze a copy (integer weights, CDF tables) and write the package with its record;
+    with ``zs`` the copy's z density is first fitted to them (see ``refit_density``)."""
     model = copy.deepcopy(model).to("cpu").eval()
+    z_bits = refit_density(model, zs) if zs else None
     model.config.meta = {
         "trained": True, "lambda": cfg.lmbda, "mask": cfg.mask_kind(), "alpha": cfg.alpha,
         "data": cfg.data, "train_images": n_train, "steps": step, "wall_s": round(wall),
@@ -460,6 +494,8 @@ def export(model: LayerCodec, cfg: TrainConfig, path: Path, *, step: int, wall: 
         "schedule": schedule.to_dict() if schedule else None,
         "init": {"model_id": init.model_id, "digest": init.digest[:16], "steps": init.steps}
         if init else None,
+        "z_bits_per_symbol": {"trained": round(z_bits[0], 3), "refitted": round(z_bits[1], 3)}
+        if z_bits else None,
         **cfg.extra,
     }
     model.freeze()
