@@ -391,6 +391,9 @@ def _eval_rd(args: argparse.Namespace) -> int:
         print(f"{name:22s} BD-rate {txt}")
     for row in result["psnr_by_lambda_m"]:
         print(f"λ={row['lambda']:g} m={row['m']}: {row['bpp']:.3f} bpp, {row['psnr']:.2f} dB")
+    for name, bd in result["marginal_bd_rate_percent"].items():
+        txt = ", ".join(f"vs {a}: {v:+.1f}%" for a, v in bd.items())
+        print(f"{name} layer bits only: BD-rate {txt}")
     print(f"wrote {path} and {', '.join(str(p) for p in plots)}")
     return 0
 

@@ -150,8 +150,13 @@ def test_eval_rd_every_kind_and_report(tmp_path: Path, photos) -> None:
                                                                    "single-layer"}
     assert set(result["bd_rate_percent"]["JPEG"]) == set()
     assert result["psnr_by_lambda_m"][0]["m"] == 2
+    assert result["psnr_by_lambda_m"][0]["params"] > 0
+    enh_only = result["marginal"]["scalable (fusion)"][0]
+    assert 0 < enh_only["bpp"] < fusion["bpp"] and enh_only["psnr"] == fusion["psnr"]
+    assert set(result["marginal_bd_rate_percent"]["scalable (fusion)"]) == set()  # no WebP run
     md = markdown(result)
     assert "| scalable (fusion) |" in md and "vs DC (difference)" in md and "edge mask" in md
+    assert "marginal cost" in md
     write_report(result, tmp_path / "rd")
     assert json.loads((tmp_path / "rd" / "rd.json").read_text())["images"] == ["p0.png", "p1.png"]
     assert (tmp_path / "rd" / "rd.md").read_text() == md

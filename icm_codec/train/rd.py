@@ -33,7 +33,8 @@ CLASSICAL = {
 # BD-rate anchors: every curve against JPEG and WebP (and AVIF); the learned curves also
 # against each other, so the fusion codec is compared with difference compression directly
 CLASSICAL_ANCHORS = ("JPEG", "WebP", "AVIF")
-LEARNED_ANCHORS = ("DC (difference)", "single-layer")
+FUSION, DC = "scalable (fusion)", "DC (difference)"
+LEARNED_ANCHORS = (DC, "single-layer")
 
 
 @dataclass
@@ -132,16 +133,23 @@ def bd_rate(anchor: Sequence[RDPoint], test: Sequence[RDPoint]) -> float:
 
 def _codec_curve(label_fn: Callable[[dict], str], runs: list[dict],
                  images: Sequence[tuple[str, np.ndarray]], progress: bool,
-                 desc: str) -> list[RDPoint]:
-    """``runs``: dicts with an ``encode(img) -> (bytes_total, decoded)`` callable and meta."""
+                 desc: str, marginal: list[RDPoint] | None = None) -> list[RDPoint]:
+    """``runs``: dicts with an ``encode(img) -> (bytes_total, decoded[, bytes_own])`` callable
+    and meta. With ``marginal``, the same decodes against the layer's own bytes are appended
+    there (what a request for the human view costs once the base layer is paid for)."""
     points = []
     for run in tqdm(runs, desc=desc, disable=not progress, leave=False):
-        rows = []
+        rows, own_rows = [], []
         for _, img in images:
-            nbytes, dec = run["encode"](img)
-            rows.append((8 * nbytes / (img.shape[0] * img.shape[1]), psnr8(img, dec),
-                         ms_ssim(img, dec)))
+            nbytes, dec, *own = run["encode"](img)
+            px = img.shape[0] * img.shape[1]
+            q = (psnr8(img, dec), ms_ssim(img, dec))
+            rows.append((8 * nbytes / px, *q))
+            if own:
+                own_rows.append((8 * own[0] / px, *q))
         points.append(_mean_point(label_fn(run), rows, **run["meta"]))
+        if marginal is not None and own_rows:
+            marginal.append(_mean_point(label_fn(run), own_rows, **run["meta"]))
     return points
 
 
@@ -195,23 +203,28 @@ def evaluate(images: Sequence[tuple[str, np.ndarray]], *, bases: Sequence[Path] 
             def enc(img, codec=codec):
                 b = codec.encode_base(img)
                 e = codec.encode_enhancement(img, b)
-                return len(b) + len(e), codec.decode_human(b, e)
+                return len(b) + len(e), codec.decode_human(b, e), len(e)
 
             runs.append({"encode": enc, "meta": {
                 "model": str(p), "base": str(base_path), "kind": kind,
                 "lambda": lam(pkg), "base_lambda": lam(base_pkgs[base_path]),
-                "m": pkg.config.m if kind == "enhancement" else None}})
+                "m": pkg.config.m if kind == "enhancement" else None,
+                "params": sum(t.numel() for t in pkg.model.parameters()),
+                "steps": pkg.config.meta.get("steps")}})
         return runs
 
     fusion = layered(enhancements, "enhancement")
+    marginal: dict[str, list[RDPoint]] = {}
     if fusion:
-        curves["scalable (fusion)"] = _codec_curve(
+        marginal[FUSION] = []
+        curves[FUSION] = _codec_curve(
             lambda r: f"λ={r['meta']['lambda']:g} m={r['meta']['m']}", fusion, images, progress,
-            "fusion")
+            "fusion", marginal[FUSION])
     dc = layered(residuals, "residual")
     if dc:
-        curves["DC (difference)"] = _codec_curve(
-            lambda r: f"λ={r['meta']['lambda']:g}", dc, images, progress, "DC")
+        marginal[DC] = []
+        curves[DC] = _codec_curve(
+            lambda r: f"λ={r['meta']['lambda']:g}", dc, images, progress, "DC", marginal[DC])
     single_runs = []
     for p in singles:
         codec = ScalableCodec(load_package(p))
@@ -235,13 +248,22 @@ def evaluate(images: Sequence[tuple[str, np.ndarray]], *, bases: Sequence[Path] 
                     for anchor in anchors if anchor in curves and anchor != name}
     table = [{"lambda": p.extra.get("lambda"), "m": p.extra.get("m"),
               "base_lambda": p.extra.get("base_lambda"), "bpp": p.bpp, "psnr": p.psnr,
-              "ms_ssim": p.ms_ssim} for p in curves.get("scalable (fusion)", [])]
+              "ms_ssim": p.ms_ssim, "params": p.extra.get("params"),
+              "steps": p.extra.get("steps")} for p in curves.get(FUSION, [])]
+    # the human view's marginal cost: the layer's own bits against sending the frame again in
+    # a classical format (what a deployment could do instead on an analyst's request)
+    for pts in marginal.values():
+        pts.sort(key=lambda x: x.bpp)
+    marginal_bd = {name: {a: bd_rate(curves[a], pts) for a in ("WebP", "AVIF") if a in curves}
+                   for name, pts in marginal.items()}
     return {
         "images": [n for n, _ in images],
         "curves": {k: [asdict(p) for p in v] for k, v in curves.items()},
         "machine": [asdict(p) for p in curves_machine],
         "bd_rate_percent": bd,
         "psnr_by_lambda_m": table,
+        "marginal": {k: [asdict(p) for p in v] for k, v in marginal.items()},
+        "marginal_bd_rate_percent": marginal_bd,
     }
 
 
@@ -265,6 +287,24 @@ def plot(result: dict, out_dir: Path) -> list[Path]:
         ax.legend()
         ax.set_title(f"human image: {ylabel} vs rate ({len(result['images'])} images)")
         p = out_dir / f"rd_{metric}.png"
+        fig.savefig(p, dpi=120, bbox_inches="tight")
+        plt.close(fig)
+        paths.append(p)
+    if result.get("marginal"):
+        fig, ax = plt.subplots(figsize=(7, 5))
+        for name in ("WebP", "AVIF"):
+            pts = [p for p in result["curves"].get(name, []) if p["bpp"] <= 2.0]
+            ax.plot([p["bpp"] for p in pts], [p["psnr"] for p in pts], marker="o", ms=3,
+                    label=f"{name} (whole frame)")
+        for name, pts in result["marginal"].items():
+            ax.plot([p["bpp"] for p in pts], [p["psnr"] for p in pts], marker="s",
+                    label=f"{name}: layer bits only")
+        ax.set_xlabel("bits per pixel sent on request (from real bytes)")
+        ax.set_ylabel("PSNR (dB, RGB)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        ax.set_title("human view on request: what it costs once the base layer is paid")
+        p = out_dir / "rd_marginal.png"
         fig.savefig(p, dpi=120, bbox_inches="tight")
         plt.close(fig)
         paths.append(p)
@@ -319,11 +359,25 @@ def markdown(result: dict) -> str:
                        + " |")
     if result["psnr_by_lambda_m"]:
         out += ["", "### Scalable codec: human-image PSNR by enhancement λ and m\n",
-                "| enhancement λ | m | base λ | total bpp | PSNR dB | MS-SSIM |",
-                "|---|---|---|---|---|---|"]
+                "| enhancement λ | m | base λ | parameters | steps | total bpp | PSNR dB | "
+                "MS-SSIM |", "|---|---|---|---|---|---|---|---|"]
         for r in result["psnr_by_lambda_m"]:
+            params = f"{r['params'] / 1e6:.2f} M" if r.get("params") else "-"
             out.append(f"| {_f(r['lambda'], 'g')} | {r['m']} | {_f(r.get('base_lambda'), 'g')} "
-                       f"| {r['bpp']:.3f} | {r['psnr']:.2f} | {_f(r.get('ms_ssim'), '.4f')} |")
+                       f"| {params} | {r.get('steps') or '-'} | {r['bpp']:.3f} | "
+                       f"{r['psnr']:.2f} | {_f(r.get('ms_ssim'), '.4f')} |")
+    if result.get("marginal"):
+        out += ["", "### The human view's marginal cost: the enhancement (or residual) layer's "
+                "own bpp vs the human-image PSNR, against WebP / AVIF of the whole frame\n",
+                "| codec | point | layer bpp | PSNR dB | BD-rate vs WebP | BD-rate vs AVIF |",
+                "|---|---|---|---|---|---|"]
+        for name, pts in result["marginal"].items():
+            bdm = result["marginal_bd_rate_percent"].get(name, {})
+            for i, p in enumerate(pts):
+                extra = (f"{_f(bdm.get('WebP'), '+.1f')} | {_f(bdm.get('AVIF'), '+.1f')}"
+                         if i == 0 else " | ")
+                out.append(f"| {name} | {p['label']} | {p['bpp']:.3f} | {p['psnr']:.2f} | "
+                           f"{extra} |")
     return "\n".join(out) + "\n"
 
 
