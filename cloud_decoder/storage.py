@@ -599,12 +599,16 @@ class _SqliteStore(Store):
 
 class _PostgresStore(Store):
     """A pool of connections, each checked before use; broken ones are replaced in the
-    background, so a database restart costs the frames in flight a retry, nothing more."""
+    background, so a database restart costs the frames in flight a retry, nothing more.
+
+    The pool's reconnect attempts back off without bound; giving a slot up after
+    ``reconnect_timeout_s`` lets the next request start a fresh attempt, so however long the
+    outage, the database is found again within seconds of its return."""
 
     dialect = "postgresql"
 
     def __init__(self, url: str, *, pool_size: int = 4, connect_timeout_s: float = 10.0,
-                 checkout_timeout_s: float = 5.0) -> None:
+                 checkout_timeout_s: float = 5.0, reconnect_timeout_s: float = 10.0) -> None:
         try:
             import psycopg
             from psycopg_pool import ConnectionPool, PoolTimeout
@@ -621,7 +625,7 @@ class _PostgresStore(Store):
         self._pool = ConnectionPool(
             url, min_size=1, max_size=max(1, pool_size), open=False,
             kwargs={"connect_timeout": max(1, int(connect_timeout_s))},
-            check=ConnectionPool.check_connection, reconnect_timeout=float("inf"),
+            check=ConnectionPool.check_connection, reconnect_timeout=reconnect_timeout_s,
             name=f"icm-{secrets.token_hex(3)}")
         try:
             self._pool.open(wait=True, timeout=connect_timeout_s)
