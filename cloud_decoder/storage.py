@@ -29,7 +29,8 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+
+from icm_rpc.redact import redact_url, url_secrets
 
 __all__ = ["CameraRow", "EpochInfo", "FrameQuery", "FrameRow", "RetentionPolicy", "Store",
            "StoreUnavailableError", "open_store", "redact_url"]
@@ -163,31 +164,6 @@ class RetentionPolicy:
     def enabled(self) -> bool:
         return any((self.frame_age_s, self.frame_bytes, self.human_view_age_s,
                     self.human_view_bytes))
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its password (user info or ``password=`` parameter) replaced by ``***``."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<database URL>"
-    netloc = parts.netloc
-    if parts.password is not None:
-        user, _, host = netloc.rpartition("@")
-        netloc = f"{user.split(':', 1)[0]}:***@{host}"
-    query = "&".join(f"{k}=***" if k == "password" else f"{k}={v}"
-                     for k, v in parse_qsl(parts.query, keep_blank_values=True))
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
-def _secrets_of(url: str) -> list[str]:
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return [url]
-    found = [parts.password] if parts.password else []
-    found += [v for k, v in parse_qsl(parts.query) if k == "password" and v]
-    return [url, *found]
 
 
 class _Scrubber(logging.Filter):
@@ -618,7 +594,7 @@ class _PostgresStore(Store):
         self._psycopg = psycopg
         self._pool_timeout = PoolTimeout
         self.url = redact_url(url)
-        self._scrubber = _Scrubber(_secrets_of(url), self.url)
+        self._scrubber = _Scrubber([url, *url_secrets(url)], self.url)
         self._checkout_timeout = checkout_timeout_s
         for name in ("psycopg", "psycopg.pool"):
             logging.getLogger(name).addFilter(self._scrubber)
