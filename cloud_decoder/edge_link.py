@@ -8,7 +8,7 @@ nothing of other cameras:
 - frame ids that do not increase within the stream, or out of range: INVALID_ARGUMENT;
 - more than ``max_in_flight`` frames not yet processed (the edge ignores acks):
   RESOURCE_EXHAUSTED; a message over the size limit: RESOURCE_EXHAUSTED (gRPC's own check);
-  bytes that are no EdgeMessage: INTERNAL (gRPC's own deserializer);
+  bytes that do not parse as an EdgeMessage: INVALID_ARGUMENT;
 - an enhancement response to a request never made: INVALID_ARGUMENT (a late answer to a request
   that timed out is dropped quietly);
 - an edge that announced heartbeats and is silent for five intervals: UNAVAILABLE (it is gone
@@ -25,6 +25,7 @@ from collections.abc import Iterator
 import grpc
 
 from icm_rpc import pb, pb_grpc
+from icm_rpc.protos import Undecodable
 from icm_rpc.tls import peer_identities
 
 from .metrics import CloudMetrics
@@ -119,6 +120,10 @@ class EdgeLinkServicer(pb_grpc.EdgeLinkServicer):
             except queue.Empty:
                 self._refuse(context, grpc.StatusCode.DEADLINE_EXCEEDED, "no_hello",
                              f"no Hello within {self.hello_timeout_s:g} s of opening the stream")
+            if isinstance(first, Undecodable):
+                self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "undecodable",
+                             f"the first message does not parse as an EdgeMessage: "
+                             f"{first.error}")
             if first is None or first.WhichOneof("body") != "hello":
                 self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "no_hello",
                              "the first message must be a Hello")
@@ -204,6 +209,10 @@ class EdgeLinkServicer(pb_grpc.EdgeLinkServicer):
             for msg in requests:
                 session.heard()
                 if session.closed.is_set():
+                    break
+                if isinstance(msg, Undecodable):
+                    self._violation(session, bad, "undecodable",
+                                    f"a message does not parse as an EdgeMessage: {msg.error}")
                     break
                 kind = msg.WhichOneof("body")
                 if kind == "frame":

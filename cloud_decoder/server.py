@@ -38,6 +38,7 @@ from grpc_reflection.v1alpha import reflection
 from icm_rpc import pb_grpc
 from icm_rpc.channels import MAX_MESSAGE_BYTES
 from icm_rpc.metrics import MetricsServer
+from icm_rpc.protos import Undecodable, lenient
 from icm_rpc.tls import TLSFiles, server_credentials
 
 from .analyst import AnalystServicer, DetectionHub
@@ -169,9 +170,16 @@ class _Guard(grpc.ServerInterceptor):
             metrics.errors.labels(short, "UNAVAILABLE").inc()
             ctx.abort(grpc.StatusCode.UNAVAILABLE, str(e))
 
+        def undecodable(ctx: grpc.ServicerContext, req: Undecodable) -> None:
+            metrics.errors.labels(short, "INVALID_ARGUMENT").inc()
+            ctx.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                      f"the request does not parse as a {short} request: {req.error}")
+
         def wrap(behavior: Callable, streaming_out: bool) -> Callable:
             if streaming_out:
                 def gen(req, ctx):
+                    if isinstance(req, Undecodable):
+                        undecodable(ctx, req)
                     try:
                         yield from behavior(req, ctx)
                     except StoreUnavailableError as e:
@@ -182,6 +190,8 @@ class _Guard(grpc.ServerInterceptor):
                 return gen
 
             def unary(req, ctx):
+                if isinstance(req, Undecodable):
+                    undecodable(ctx, req)
                 try:
                     return behavior(req, ctx)
                 except StoreUnavailableError as e:
@@ -202,8 +212,9 @@ def _aborter(code: grpc.StatusCode, message: str) -> Callable:
 
 
 def _replace(handler: grpc.RpcMethodHandler, w: Callable) -> grpc.RpcMethodHandler:
-    """The same method with its behaviour passed through ``w(behavior, streaming_out)``."""
-    kw = {"request_deserializer": handler.request_deserializer,
+    """The same method with its behaviour passed through ``w(behavior, streaming_out)``, and
+    requests that do not parse handed over as :class:`Undecodable`."""
+    kw = {"request_deserializer": lenient(handler.request_deserializer),
           "response_serializer": handler.response_serializer}
     if handler.unary_unary:
         return grpc.unary_unary_rpc_method_handler(w(handler.unary_unary, False), **kw)
