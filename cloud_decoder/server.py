@@ -121,6 +121,10 @@ def is_loopback(address: str) -> bool:
 def check_exposure(c: CloudConfig) -> None:
     """Refuse what would expose the service without protection (see the module docstring)."""
     if c.insecure:
+        if not (c.tls.enabled and c.analyst_token) and not (
+                is_loopback(c.listen) and is_loopback(c.analyst_listen or c.listen)):
+            log.warning("--insecure: plaintext streams or an analyst API without a token on "
+                        "%s%s", c.listen, f" / {c.analyst_listen}" if c.analyst_listen else "")
         return
     hint = "; or pass --insecure (ICM_INSECURE=1) to accept this explicitly"
     if not c.tls.enabled and not is_loopback(c.listen):

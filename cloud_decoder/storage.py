@@ -500,6 +500,7 @@ class Store:
                     for table in ("frame_classes", "human_views"):
                         cur.execute(self._q(f"DELETE FROM {table} WHERE camera_id = ? AND "
                                             f"frame_id IN ({sub})"), (cam, cam, *args))
+                    counts["human_views"] += max(0, cur.rowcount)  # (the last: human_views)
                     cur.execute(self._q(f"DELETE FROM frames WHERE camera_id = ? AND ({where})"),
                                 (cam, *args))
                     counts["frames"] += max(0, cur.rowcount)

@@ -40,7 +40,7 @@ def postgres_url():
 
 # -- the store itself on PostgreSQL ---------------------------------------------------------------
 def test_postgres_store_roundtrip(postgres_url: str) -> None:
-    from cloud_decoder.storage import CameraRow, FrameQuery, FrameRow, open_store
+    from cloud_decoder.storage import CameraRow, FrameQuery, FrameRow, RetentionPolicy, open_store
 
     a, b = open_store(postgres_url), open_store(postgres_url)   # two instances, one database
     try:
@@ -66,6 +66,14 @@ def test_postgres_store_roundtrip(postgres_url: str) -> None:
         assert a.camera("pg-cam").online
         a.mark_instance_offline("a:1")
         assert not b.camera("pg-cam").online
+        # epochs and retention use the same SQL on PostgreSQL
+        assert a.open_epoch("pg-cam", "e1").offset == 3
+        assert not b.open_epoch("pg-cam", "").newest          # the legacy epoch, superseded
+        assert a.stored_ids("pg-cam", [1, 2, 9]) == {1, 2}
+        got = b.apply_retention(RetentionPolicy(frame_bytes=15), now_us=10**6)
+        assert got == {"frames": 2, "human_views": 0}
+        assert [f.frame_id for f in a.frames(FrameQuery("pg-cam"))] == [3]
+        assert b.apply_retention(RetentionPolicy(human_view_bytes=1), 10**6)["human_views"] == 1
     finally:
         a.close()
         b.close()
