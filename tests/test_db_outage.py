@@ -58,6 +58,12 @@ def _stored(url: str) -> list[int]:
 
 
 def test_postgres_restart_mid_stream(pg: PgServer, tmp_path: Path) -> None:
+    from cloud_decoder.storage import open_store
+
+    wrong = pg.url.replace(pg.password, "not-" + pg.password)
+    with pytest.raises(ValueError, match="cannot connect to PostgreSQL") as e:
+        open_store(wrong)
+    assert pg.password not in str(e.value) and "icm:***@" in str(e.value)
     port, log = free_port(), tmp_path / "cloud.log"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cloud = subprocess.Popen(
