@@ -125,6 +125,13 @@ def _analyst_configure(p: argparse.ArgumentParser) -> None:
     s.add_argument("--fps", type=float, default=0.0)
 
 
+def _human_state(frame) -> str:
+    """FrameRecord.enhancement in words: can a human view of this frame be had?"""
+    from icm_rpc import pb
+
+    return pb.EnhancementState.Name(frame.enhancement).removeprefix("ENHANCEMENT_").lower()
+
+
 def _dets(frame) -> str:
     names: dict[str, int] = {}
     for d in frame.detections:
@@ -158,6 +165,7 @@ def _analyst(args: argparse.Namespace) -> int:
         elif args.action == "frame":
             r = client.frame(args.camera, args.frame_id, image=bool(args.output))
             print(json.dumps({"frame_id": r.frame.frame_id, "bpp": r.frame.bpp,
+                              "human_view": _human_state(r.frame),
                               "detections": [[d.class_name, round(d.score, 3), list(d.box)]
                                              for d in r.frame.detections]}))
             if args.output:
