@@ -387,7 +387,10 @@ class CloudServer:
 
 def serve(config: CloudConfig) -> None:
     """Run until SIGTERM / SIGINT, then shut down gracefully."""
-    server = CloudServer(config).start()
+    try:
+        server = CloudServer(config).start()
+    except StoreUnavailableError as e:  # at start-up there is nothing to keep: say why, exit
+        raise ValueError(str(e)) from None
     done = threading.Event()
 
     def on_signal(signum, frame):
