@@ -89,3 +89,14 @@ def test_certs_runs_without_torch(tmp_path: Path) -> None:
     loaded = _modules_after(["certs", "ca", "--out", str(tmp_path / "ca")])
     assert (tmp_path / "ca" / "ca.pem").is_file()
     assert not loaded & set(HEAVY)
+
+
+def test_images_carry_the_shell() -> None:
+    """The images' ENTRYPOINT is the `icm` console script, which lives in icm_app."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    script = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]["icm"]
+    package = script.split(".")[0]
+    for dockerfile in sorted((ROOT / "deploy" / "docker").glob("*.Dockerfile")):
+        assert f"COPY {package}/ {package}/" in dockerfile.read_text(), dockerfile.name
+        ignore = Path(f"{dockerfile}.dockerignore").read_text().splitlines()
+        assert f"!{package}/" in ignore, f"{dockerfile.name}.dockerignore leaves out {package}"
