@@ -100,3 +100,15 @@ def test_images_carry_the_shell() -> None:
         assert f"COPY {package}/ {package}/" in dockerfile.read_text(), dockerfile.name
         ignore = Path(f"{dockerfile}.dockerignore").read_text().splitlines()
         assert f"!{package}/" in ignore, f"{dockerfile.name}.dockerignore leaves out {package}"
+
+
+def test_a_missing_extra_is_one_clear_line(monkeypatch, capsys) -> None:
+    import icm_app.main as shell
+
+    def load(e):
+        raise ModuleNotFoundError("No module named 'torch'", name="torch")
+
+    monkeypatch.setattr(shell, "load", load)
+    assert shell.main(["model", "list"]) == 2
+    err = capsys.readouterr().err
+    assert "torch is not installed" in err and "icm-scalable[codec]" in err
