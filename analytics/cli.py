@@ -1,4 +1,4 @@
-"""``icm eval-machine``: the machine-vision benchmark (imported by ``icm`` as a plugin).
+"""``icm eval-machine``: the machine-vision benchmark (imported by ``icm`` when it runs).
 
 Heavy imports (torch, Ultralytics) happen inside the command so ``icm --help`` stays fast.
 """
@@ -8,9 +8,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from icm_codec.cli import command
+from icm_codec.commands import CommandTable
 
-__all__: list[str] = []
+__all__ = ["COMMANDS"]
+
+COMMANDS = CommandTable()
+command = COMMANDS.command
 
 DEFAULT_MODELS = "yolo11n,yolov8n,yolo26n,yolo26n-seg"
 

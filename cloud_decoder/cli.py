@@ -1,4 +1,4 @@
-"""``icm cloud``, ``icm analyst``, ``icm certs`` and ``icm demo``."""
+"""``icm cloud`` (the service) and ``icm analyst`` (its command-line client)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,20 @@ import json
 import sys
 from pathlib import Path
 
-from icm_codec.cli import command
-from icm_rpc.cli_common import add_common_flags, apply_logging, env_default, metrics_port, tls_files
+from icm_codec.commands import CommandTable
+from icm_rpc.cli_common import (
+    add_common_flags,
+    apply_logging,
+    env_default,
+    metrics_port,
+    name_list,
+    tls_files,
+)
 
+__all__ = ["COMMANDS"]
 
-def _list(value: str | None) -> list[str]:
-    if not value or value.strip().lower() == "none":
-        return []
-    return [v.strip() for v in value.split(",") if v.strip()]
+COMMANDS = CommandTable()
+command = COMMANDS.command
 
 
 # -- icm cloud -------------------------------------------------------------------------------
@@ -92,7 +98,7 @@ def _cloud(args: argparse.Namespace) -> int:
               file=sys.stderr)
     serve(CloudConfig(listen=args.listen, analyst_listen=args.analyst_listen, db=args.db,
                       decoder=args.decoder, device=args.device,
-                      detectors=_list(args.detectors), weights_dir=args.weights_dir,
+                      detectors=name_list(args.detectors), weights_dir=args.weights_dir,
                       detector_conf=args.conf, analyst_token=token, tls=tls_files(args),
                       mtls=not args.no_mtls, metrics_port=metrics_port(args),
                       max_batch=args.max_batch, instance=args.instance,
@@ -140,13 +146,6 @@ def _human_state(frame) -> str:
     return pb.EnhancementState.Name(frame.enhancement).removeprefix("ENHANCEMENT_").lower()
 
 
-def _dets(frame) -> str:
-    names: dict[str, int] = {}
-    for d in frame.detections:
-        names[d.class_name] = names.get(d.class_name, 0) + 1
-    return ", ".join(f"{n} {k}" for k, n in sorted(names.items())) or "-"
-
-
 @command("analyst", "query the cloud: cameras, frames, detections, human views", _analyst_configure)
 def _analyst(args: argparse.Namespace) -> int:
     import os
@@ -155,7 +154,7 @@ def _analyst(args: argparse.Namespace) -> int:
 
     from icm_rpc.tls import TLSFiles
 
-    from .client import AnalystClient
+    from .client import AnalystClient, detection_summary
 
     tls = TLSFiles(ca=Path(args.tls_ca)) if args.tls_ca else None
     client = AnalystClient(args.cloud, os.environ.get("ICM_ANALYST_TOKEN", ""), tls,
@@ -169,7 +168,7 @@ def _analyst(args: argparse.Namespace) -> int:
         elif args.action == "frames":
             for fr in client.frames(args.camera, args.class_name, args.limit):
                 print(f"{fr.camera_id} {fr.frame_id:8d} {fr.bpp:.4f} bpp {fr.base_bytes:7d} B  "
-                      f"{_dets(fr)}")
+                      f"{detection_summary(fr)}")
         elif args.action == "frame":
             r = client.frame(args.camera, args.frame_id, image=bool(args.output))
             print(json.dumps({"frame_id": r.frame.frame_id, "bpp": r.frame.bpp,
@@ -186,7 +185,7 @@ def _analyst(args: argparse.Namespace) -> int:
                 Path(args.output).write_bytes(r.png)
         elif args.action == "watch":
             for fr in client.watch(args.camera, args.class_name):
-                print(f"{fr.camera_id} {fr.frame_id:8d} {fr.bpp:.4f} bpp  {_dets(fr)}",
+                print(f"{fr.camera_id} {fr.frame_id:8d} {fr.bpp:.4f} bpp  {detection_summary(fr)}",
                       flush=True)
         elif args.action == "settings":
             client.change_settings(args.camera, args.base_model, args.fps)
@@ -197,59 +196,3 @@ def _analyst(args: argparse.Namespace) -> int:
     finally:
         client.close()
     return 0
-
-
-# -- icm certs -------------------------------------------------------------------------------
-def _certs_configure(p: argparse.ArgumentParser) -> None:
-    sub = p.add_subparsers(dest="action", required=True)
-    ca = sub.add_parser("ca", help="create a certificate authority (ca.pem, ca.key)")
-    ca.add_argument("--out", required=True, help="folder for the CA files")
-    iss = sub.add_parser("issue", help="issue a certificate signed by the CA")
-    iss.add_argument("name", help="camera id (edge certificate) or server name")
-    iss.add_argument("--ca", required=True, help="folder holding ca.pem and ca.key")
-    iss.add_argument("--out", help="output folder (default: the CA folder)")
-    iss.add_argument("--server", action="store_true", help="a server (cloud) certificate")
-    iss.add_argument("--host", action="append", default=[],
-                     help="extra host name or IP of a server certificate (repeatable)")
-
-
-@command("certs", "make TLS material: a CA, cloud and edge certificates", _certs_configure)
-def _certs(args: argparse.Namespace) -> int:
-    from icm_rpc.tls import make_ca, make_cert
-
-    if args.action == "ca":
-        cert, _ = make_ca(args.out)
-        print(f"wrote {cert} and its key")
-    else:
-        hosts = ("localhost", "127.0.0.1", *args.host)
-        cert, key = make_cert(args.ca, args.name, args.out, server=args.server, hosts=hosts)
-        print(f"wrote {cert} and {key}")
-    return 0
-
-
-# -- icm demo --------------------------------------------------------------------------------
-def _demo_configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--video", default="../shared/data/video/vtest.avi", help="video to stream")
-    p.add_argument("--frames", type=int, default=30, help="frames to stream (default 30)")
-    p.add_argument("--weights-dir", default=env_default("ICM_DETECTOR_DIR",
-                                                        "../shared/assets/detectors"),
-                   help="folder with detector weights [$ICM_DETECTOR_DIR]")
-    p.add_argument("--detectors", default="yolo11n", help="comma-separated, or 'none'")
-    p.add_argument("--out", default="out/demo", help="database, spool and images go here")
-    p.add_argument("--port", type=int, default=0, help="cloud port (0: any free port)")
-    p.add_argument("--metrics-port", type=int, default=9100,
-                   help="cloud /metrics port (the edge's is the next one)")
-    p.add_argument("--linger", type=float, default=0.0,
-                   help="keep the services (and /metrics) up this many seconds at the end")
-    p.add_argument("--console-port", type=int, default=0,
-                   help="web console port (0: any free port, -1: no console)")
-    p.add_argument("--console-host", default="127.0.0.1",
-                   help="web console address (default: this machine only)")
-
-
-@command("demo", "cloud + edge on this machine: stream a video, detect, fetch a human view",
-         _demo_configure)
-def _demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
-
-    return run_demo(args)

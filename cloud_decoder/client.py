@@ -9,7 +9,15 @@ from icm_rpc import pb, pb_grpc
 from icm_rpc.channels import open_channel
 from icm_rpc.tls import TLSFiles, client_credentials
 
-__all__ = ["AnalystClient", "Watch"]
+__all__ = ["AnalystClient", "Watch", "detection_summary"]
+
+
+def detection_summary(frame: pb.FrameRecord) -> str:
+    """A frame's detections counted per class, e.g. ``2 car, 1 person`` (``-`` for none)."""
+    names: dict[str, int] = {}
+    for d in frame.detections:
+        names[d.class_name] = names.get(d.class_name, 0) + 1
+    return ", ".join(f"{n} {k}" for k, n in sorted(names.items())) or "-"
 
 
 class AnalystClient:

@@ -8,8 +8,13 @@ import signal
 import threading
 from pathlib import Path
 
-from icm_codec.cli import command
+from icm_codec.commands import CommandTable
 from icm_rpc.cli_common import env_default
+
+__all__ = ["COMMANDS"]
+
+COMMANDS = CommandTable()
+command = COMMANDS.command
 
 
 def _configure(p: argparse.ArgumentParser) -> None:

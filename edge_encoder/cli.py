@@ -5,8 +5,13 @@ from __future__ import annotations
 import argparse
 import signal
 
-from icm_codec.cli import command
+from icm_codec.commands import CommandTable
 from icm_rpc.cli_common import add_common_flags, apply_logging, env_default, metrics_port, tls_files
+
+__all__ = ["COMMANDS"]
+
+COMMANDS = CommandTable()
+command = COMMANDS.command
 
 
 def _configure(p: argparse.ArgumentParser) -> None:

@@ -6,8 +6,11 @@ Public API::
     codec = ScalableCodec.load("base.icmpkg", "enhancement.icmpkg")
 """
 
-from .api import ScalableCodec, frame_to_tensor, tensor_to_frame
-from .config import CodecConfig
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .errors import (
     BitstreamError,
     ChecksumError,
@@ -19,8 +22,26 @@ from .errors import (
     TruncatedStreamError,
     UnsupportedVersionError,
 )
-from .models import LayerCodec, create_model
-from .package import ModelPackage, load_package, save_package
+
+if TYPE_CHECKING:
+    from .api import ScalableCodec, frame_to_tensor, tensor_to_frame
+    from .config import CodecConfig
+    from .models import LayerCodec, create_model
+    from .package import ModelPackage, load_package, save_package
+
+# public name → its module, imported on first use: the modules that need no torch (errors,
+# bitstream, the command table) stay cheap for the `icm` shell and the services' clients
+_HOME = {
+    "CodecConfig": "config",
+    "LayerCodec": "models",
+    "ModelPackage": "package",
+    "ScalableCodec": "api",
+    "create_model": "models",
+    "frame_to_tensor": "api",
+    "load_package": "package",
+    "save_package": "package",
+    "tensor_to_frame": "api",
+}
 
 __all__ = [
     "BitstreamError",
@@ -43,3 +64,11 @@ __all__ = [
     "tensor_to_frame",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)
+    globals()[name] = value
+    return value

@@ -1,30 +1,22 @@
-"""``icm``: the project's command-line tool.
+"""The codec library's own commands: encode, decode, info, model, train, plan, eval-rd, masks.
 
-Subcommands register themselves in :data:`COMMANDS`; errors print one clear line and exit
-non-zero (2 for bad input, 1 for anything unexpected).
+They are registered in :data:`COMMANDS`; the ``icm`` shell (``icm_app``) offers them beside the
+services' commands. ``python -m icm_codec.cli`` runs them without the shell (``icm plan`` starts
+its training jobs that way), and this module names nothing above the codec library.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["COMMANDS", "main"]
+from .commands import CommandTable, HelpParser, run_command
 
-COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None],
-                          Callable[[argparse.Namespace], int], str]] = {}
+__all__ = ["COMMANDS", "build_parser", "main"]
 
-
-def command(name: str, help_text: str, configure: Callable[[argparse.ArgumentParser], None]):
-    """Register ``fn(args) -> exit code`` as ``icm NAME``; ``configure`` adds its arguments."""
-
-    def wrap(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-        COMMANDS[name] = (configure, fn, help_text)
-        return fn
-
-    return wrap
+COMMANDS = CommandTable()
+command = COMMANDS.command
 
 
 def _load_image(path: str):
@@ -438,47 +430,21 @@ def _masks(args: argparse.Namespace) -> int:
     return 0
 
 
-# Service packages add their own subcommands by importing ``command`` from here.
-PLUGIN_MODULES = ("analytics.cli", "edge_encoder.cli", "cloud_decoder.cli", "console.cli")
-
-
-def _load_plugins() -> None:
-    import importlib
-
-    for name in PLUGIN_MODULES:
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name is None or not name.startswith(e.name):
-                raise  # the package exists but something it needs is missing: say so
-
-
 def build_parser() -> argparse.ArgumentParser:
-    _load_plugins()
-    parser = argparse.ArgumentParser(prog="icm", description=__doc__.splitlines()[0])
+    parser = HelpParser(prog="icm", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, (configure, _, help_text) in COMMANDS.items():
-        configure(sub.add_parser(name, help=help_text, description=help_text))
+    for name, cmd in COMMANDS.items():
+        cmd.configure(sub.add_parser(name, help=cmd.help, description=cmd.help))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _, run, _ = COMMANDS[args.command]
-    from .errors import ICMError
-
-    try:
-        return int(run(args) or 0)
-    except (ICMError, ValueError, OSError) as e:
-        print(f"icm {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return run_command("icm", args.command, COMMANDS[args.command], args)
 
 
 if __name__ == "__main__":
-    # run as a module: plugins register in `icm_codec.cli`, not in `__main__`
+    # run as a module: commands register in `icm_codec.cli`, not in `__main__`
     from icm_codec.cli import main as _main
 
     sys.exit(_main())

@@ -9,11 +9,19 @@ from pathlib import Path
 from .logs import setup_logging
 from .tls import TLSFiles
 
-__all__ = ["add_common_flags", "apply_logging", "env_default", "metrics_port", "tls_files"]
+__all__ = ["add_common_flags", "apply_logging", "env_default", "metrics_port", "name_list",
+           "tls_files"]
 
 
 def env_default(name: str, default: str | None = None) -> str | None:
     return os.environ.get(name, default)
+
+
+def name_list(value: str | None) -> list[str]:
+    """A comma-separated flag value as names; empty or ``none`` means no names at all."""
+    if not value or value.strip().lower() == "none":
+        return []
+    return [v.strip() for v in value.split(",") if v.strip()]
 
 
 def add_common_flags(p: argparse.ArgumentParser, metrics_port: int) -> None:

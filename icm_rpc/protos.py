@@ -41,7 +41,8 @@ def generate(force: bool = False) -> Path:
         from grpc_tools import protoc
     except ImportError as e:
         raise RuntimeError("grpcio-tools is needed to generate the gRPC stubs: "
-                           "pip install 'icm-scalable[edge]' or 'icm-scalable[cloud]'") from e
+                           "pip install 'icm-scalable[analyst]' (edge, cloud and console "
+                           "include it)") from e
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     include = str(Path(protoc.__file__).parent / "_proto")
     rc = protoc.main(["protoc", f"-I{PROTO_FILE.parent}", f"-I{include}",

@@ -59,7 +59,7 @@ def _free_port() -> int:
 class CloudProcess:
     def __init__(self, args: list[str], tmp: Path) -> None:
         self.port = _free_port()
-        cmd = [sys.executable, "-m", "icm_codec.cli", "cloud", "--listen",
+        cmd = [sys.executable, "-m", "icm_app", "cloud", "--listen",
                f"127.0.0.1:{self.port}", "--db", str(tmp / f"cloud-{self.port}.sqlite3"),
                "--metrics-port", "-1", "--log-level", "warning", *args]
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL)

@@ -252,7 +252,7 @@ def fuzz_edge_link(n_messages: int, seed: int = 0, stream_timeout_s: float = 20.
     port, db = _free_port(), folder / "cloud.sqlite3"
     log = (folder / "cloud.log").open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "icm_codec.cli", "cloud", "--listen", f"127.0.0.1:{port}",
+        [sys.executable, "-m", "icm_app", "cloud", "--listen", f"127.0.0.1:{port}",
          "--db", str(db), "--decoder", "noop", "--detectors", "none", "--metrics-port", "-1",
          "--threads", "1", "--log-level", "error"], cwd=REPO, stdout=log,
         stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})

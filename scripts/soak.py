@@ -116,7 +116,7 @@ def run_soak(*, cameras: int = 50, seconds: float = 600.0, fps: float = 2.0,
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     log = (folder / "cloud.log").open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "icm_codec.cli", "cloud", "--listen", f"127.0.0.1:{port}",
+        [sys.executable, "-m", "icm_app", "cloud", "--listen", f"127.0.0.1:{port}",
          "--db", str(db), "--decoder", decoder, "--detectors", "none", "--metrics-port", "-1",
          "--threads", "1", "--log-level", "warning"], cwd=REPO, env=env, stdout=log,
         stderr=subprocess.STDOUT)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from icm_codec.cli import main
+from icm_app.main import main
 
 
 @pytest.fixture(scope="module")
@@ -75,10 +75,10 @@ def test_errors_are_one_clear_line(models, image: Path, tmp_path: Path, capsys,
 
 def test_console_script_runs_as_a_process(models, image: Path, tmp_path: Path) -> None:
     out = tmp_path / "p.icm"
-    res = subprocess.run([sys.executable, "-m", "icm_codec.cli", "encode", str(image), "-o",
+    res = subprocess.run([sys.executable, "-m", "icm_app", "encode", str(image), "-o",
                           str(out), "--model", str(models["base"])],
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
-    bad = subprocess.run([sys.executable, "-m", "icm_codec.cli", "info", str(image)],
+    bad = subprocess.run([sys.executable, "-m", "icm_app", "info", str(image)],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "error" in bad.stderr and "Traceback" not in bad.stderr

@@ -51,7 +51,7 @@ def test_exposed_without_protection_is_refused(tmp_path, pki) -> None:
 
 
 def test_cli_refuses_and_says_how(tmp_path, capsys) -> None:
-    from icm_codec.cli import main
+    from icm_app.main import main
 
     argv = ["cloud", "--listen", "0.0.0.0:0", "--db", str(tmp_path / "c.sqlite3"),
             "--detectors", "none", "--metrics-port", "-1"]

@@ -551,12 +551,12 @@ def test_icm_console_command(tmp_path):
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("ICM_")}
     env["OMP_NUM_THREADS"] = "1"
-    from icm_codec.cli import main
+    from icm_app.main import main
 
     assert main(["console", "--listen", "nope"]) == 2         # a clear error, nothing served
     out, err = tmp_path / "out.txt", tmp_path / "err.txt"
     with out.open("w") as fo, err.open("w") as fe:
-        proc = subprocess.Popen([sys.executable, "-m", "icm_codec.cli", "console", "--listen",
+        proc = subprocess.Popen([sys.executable, "-m", "icm_app", "console", "--listen",
                                  "127.0.0.1:0", "--cloud", "127.0.0.1:9"], stdout=fo, stderr=fe,
                                 env=env)
         try:

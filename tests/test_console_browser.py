@@ -45,7 +45,7 @@ def free_port() -> int:
 
 
 def spawn(argv: list[str], log: Path, env: dict) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "icm_codec.cli", *argv], stdout=log.open("w"),
+    return subprocess.Popen([sys.executable, "-m", "icm_app", *argv], stdout=log.open("w"),
                             stderr=subprocess.STDOUT, env=env, cwd=log.parent)
 
 

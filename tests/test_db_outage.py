@@ -67,7 +67,7 @@ def test_postgres_restart_mid_stream(pg: PgServer, tmp_path: Path) -> None:
     port, log = free_port(), tmp_path / "cloud.log"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cloud = subprocess.Popen(
-        [sys.executable, "-m", "icm_codec.cli", "cloud", "--listen", f"127.0.0.1:{port}",
+        [sys.executable, "-m", "icm_app", "cloud", "--listen", f"127.0.0.1:{port}",
          "--db", pg.url, "--decoder", "noop", "--detectors", "none", "--metrics-port", "-1",
          "--threads", "1"], stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=REPO, env=env)
     rng = np.random.default_rng(0)

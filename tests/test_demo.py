@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from icm_codec.cli import main
+from icm_app.main import main
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

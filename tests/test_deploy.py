@@ -179,10 +179,10 @@ def test_compose_stack() -> None:
 
 # -- command lines in the deploy tree parse with the real CLI ---------------------------------
 def _parse(argv: list[str]) -> None:
-    from icm_codec.cli import build_parser
+    from icm_app.main import build_parser
 
     try:
-        build_parser().parse_args(argv)
+        build_parser(argv).parse_args(argv)
     except SystemExit as e:
         raise AssertionError(f"`icm {' '.join(argv)}` does not parse") from e
 
@@ -513,7 +513,7 @@ def _start(argv: list[str], log: Path, pattern: str, timeout: float = 120.0):
     env = {**os.environ, "ICM_LOG_LEVEL": "warning", "OMP_NUM_THREADS": "1"}
     env.pop("ICM_ANALYST_TOKEN", None)
     f = log.open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "icm_codec.cli", *argv], stdout=f,
+    proc = subprocess.Popen([sys.executable, "-m", "icm_app", *argv], stdout=f,
                             stderr=subprocess.STDOUT, env=env, cwd=log.parent)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

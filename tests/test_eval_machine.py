@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from icm_codec.cli import main
+from icm_app.main import main
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

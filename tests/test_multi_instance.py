@@ -149,7 +149,7 @@ def test_human_view_is_forwarded_to_the_instance_holding_the_stream(
         for proc, log in procs:
             _wait_for(log, proc, r"listening on port")
         edge_log = tmp_path / "edge.log"
-        edge = _spawn([sys.executable, "-m", "icm_codec.cli", "edge", "--camera-id", "cam-x",
+        edge = _spawn([sys.executable, "-m", "icm_app", "edge", "--camera-id", "cam-x",
                        "--cloud", addr_a, "--source", str(_video(tmp_path / "v.avi")),
                        "--frames", "3", "--spool-dir", str(tmp_path / "spool"),
                        "--metrics-port", "-1", "--threads", "1"], edge_log)

@@ -183,13 +183,13 @@ def test_partition_and_packet_loss(link: Link, tmp_path: Path) -> None:
     make_cert(pki, "cam-n")
     db, spool = tmp_path / "cloud.sqlite3", tmp_path / "spool"
     cloud = _spawn(link.cloud_ns, [
-        "-m", "icm_codec.cli", "cloud", "--listen", f"{link.cloud_ip}:50051",
+        "-m", "icm_app", "cloud", "--listen", f"{link.cloud_ip}:50051",
         "--analyst-listen", "127.0.0.1:50052", "--db", str(db), "--detectors", "none",
         "--tls-ca", str(pki / "ca.pem"), "--tls-cert", str(pki / "cloud.pem"),
         "--tls-key", str(pki / "cloud.key"), "--heartbeat-s", str(HEARTBEAT_S),
         "--metrics-port", "-1", "--threads", "1"], tmp_path / "cloud.log")
     edge = _spawn(link.edge_ns, [
-        "-m", "icm_codec.cli", "edge", "--camera-id", "cam-n", "--cloud",
+        "-m", "icm_app", "edge", "--camera-id", "cam-n", "--cloud",
         f"{link.cloud_ip}:50051", "--source", str(_video(tmp_path / "v.avi")), "--loop",
         "--fps", "4", "--spool-dir", str(spool), "--tls-ca", str(pki / "ca.pem"),
         "--tls-cert", str(pki / "cam-n.pem"), "--tls-key", str(pki / "cam-n.key"),

@@ -176,7 +176,7 @@ def test_eager_enhancement_is_encoded_at_capture(cloud, tmp_path, frames, codec)
 
 # -- failures ----------------------------------------------------------------------------------
 def _cloud_process(port: int, db: Path, log: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "icm_codec.cli", "cloud", "--listen", f"127.0.0.1:{port}",
+    cmd = [sys.executable, "-m", "icm_app", "cloud", "--listen", f"127.0.0.1:{port}",
            "--db", str(db), "--detectors", "none", "--metrics-port", "-1", "--threads", "1"]
     return subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT, cwd=REPO)
 
@@ -225,7 +225,7 @@ def test_edge_killed_resumes_its_spool(tmp_path, frames, cloud):
         Image.fromarray(f).save(folder / f"{i:03d}.png")
     spool_dir = tmp_path / "spool-cam-1"
     dead = free_port()  # nothing listens: the edge spools and retries
-    cmd = [sys.executable, "-m", "icm_codec.cli", "edge", "--camera-id", "cam-1", "--cloud",
+    cmd = [sys.executable, "-m", "icm_app", "edge", "--camera-id", "cam-1", "--cloud",
            f"127.0.0.1:{dead}", "--source", str(folder), "--spool-dir", str(spool_dir),
            "--metrics-port", "-1", "--threads", "1"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
@@ -450,7 +450,7 @@ def test_spool_bounds_and_drop_policy(tmp_path):
 
 
 def test_cli_reports_missing_settings(tmp_path):
-    from icm_codec.cli import main
+    from icm_app.main import main
 
     assert main(["edge", "--source", str(tmp_path)]) == 2
     assert main(["edge", "--camera-id", "c", "--source", str(tmp_path / "missing.avi")]) == 2

@@ -81,8 +81,8 @@ def _images(folder: Path, photos) -> Path:
 
 
 def test_train_resume_and_export(tmp_path: Path, photos) -> None:
+    from icm_app.main import main
     from icm_codec import ScalableCodec, load_package
-    from icm_codec.cli import main
 
     data = _images(tmp_path / "data", photos)
     run = tmp_path / "runs" / "base"
@@ -126,7 +126,7 @@ def test_eval_rd_every_kind_and_report(tmp_path: Path, photos) -> None:
     BD-rates against the classical anchors and between the learned codecs, and the Markdown."""
     import json
 
-    from icm_codec.cli import main
+    from icm_app.main import main
     from icm_codec.train.rd import evaluate, load_images, markdown, write_report
 
     base = tmp_path / "base.icmpkg"

@@ -277,7 +277,7 @@ def test_plan_runs_resumes_and_continues_a_shipped_run(tmp_path: Path, photos) -
     args = train_args(plan.jobs["single-t"], plan, runs, tmp_path / "data", "cpu",
                       shipped=shipped)
     assert args[args.index("--init") + 1] == str(shipped / "single-t.icmpkg")
-    from icm_codec.cli import main
+    from icm_app.main import main
 
     args[args.index("--steps") + 1] = "5"
     assert main(["train", *args]) == 0

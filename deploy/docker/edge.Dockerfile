@@ -21,6 +21,7 @@ COPY pyproject.toml README.md ./
 RUN python -m pip install --index-url "${TORCH_INDEX_URL}" \
         "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}"
 COPY protos/ protos/
+COPY icm_app/ icm_app/
 COPY icm_codec/ icm_codec/
 COPY analytics/ analytics/
 COPY icm_rpc/ icm_rpc/

@@ -1,5 +1,8 @@
 """``icm demo``: the whole system on one machine, on a real video.
 
+It uses the cloud, the edge and the console together, so it belongs to the application shell
+above them, not to any one service.
+
 Starts a cloud decoder and one edge encoder (in this process, on loopback sockets), streams
 the video, prints each frame's detections and bitrate as the cloud stores it, then asks for
 the human view of the busiest frame and writes its machine and human images. The web console
@@ -14,9 +17,12 @@ import threading
 import time
 from pathlib import Path
 
-from tqdm import tqdm
+from icm_codec.commands import Command, CommandTable
+from icm_rpc.cli_common import env_default, name_list
 
-__all__ = ["run_demo"]
+__all__ = ["COMMANDS", "run_demo"]
+
+COMMANDS = CommandTable()
 
 
 def _check_inputs(args: argparse.Namespace, detectors: list[str]) -> None:
@@ -56,15 +62,15 @@ def _start_console(args: argparse.Namespace, cloud_port: int, analyst_token: str
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from cloud_decoder import CloudConfig, CloudServer
+    from cloud_decoder.client import AnalystClient, detection_summary
     from edge_encoder import EdgeConfig, EdgeService
     from icm_rpc.logs import setup_logging
 
-    from .cli import _dets, _list
-    from .client import AnalystClient
-    from .server import CloudConfig, CloudServer
-
     setup_logging("warning")
-    detectors = _list(args.detectors)
+    detectors = name_list(args.detectors)
     _check_inputs(args, detectors)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -95,7 +101,7 @@ def run_demo(args: argparse.Namespace) -> int:
             for fr in client.watch("demo-cam"):
                 seen.append(fr)
                 tqdm.write(f"frame {fr.frame_id:5d}  {fr.base_bytes:6d} B  {fr.bpp:.4f} bpp  "
-                           f"{_dets(fr)}", file=sys.stdout)
+                           f"{detection_summary(fr)}", file=sys.stdout)
                 bar.update(1)
         except Exception:  # the stream ends when the demo closes the channel
             pass
@@ -124,7 +130,7 @@ def run_demo(args: argparse.Namespace) -> int:
         bpp = sum(r.bpp for r in fresh) / len(fresh)
         print(f"\n{captured} frames in {wall:.1f} s ({captured / wall:.2f} frames/s end to end), "
               f"base layer {bpp:.4f} bpp on average")
-        print(f"frame {best.frame_id}: {_dets(best)}")
+        print(f"frame {best.frame_id}: {detection_summary(best)}")
         print(f"  machine image ({best.bpp:.4f} bpp) -> {mpath}")
         print(f"  human image ({human.total_bpp:.4f} bpp base + enhancement) -> {hpath}")
         if console is not None:
@@ -143,3 +149,27 @@ def run_demo(args: argparse.Namespace) -> int:
         edge.stop()
         cloud.stop()
     return 0
+
+
+def _demo_configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--video", default="../shared/data/video/vtest.avi", help="video to stream")
+    p.add_argument("--frames", type=int, default=30, help="frames to stream (default 30)")
+    p.add_argument("--weights-dir", default=env_default("ICM_DETECTOR_DIR",
+                                                        "../shared/assets/detectors"),
+                   help="folder with detector weights [$ICM_DETECTOR_DIR]")
+    p.add_argument("--detectors", default="yolo11n", help="comma-separated, or 'none'")
+    p.add_argument("--out", default="out/demo", help="database, spool and images go here")
+    p.add_argument("--port", type=int, default=0, help="cloud port (0: any free port)")
+    p.add_argument("--metrics-port", type=int, default=9100,
+                   help="cloud /metrics port (the edge's is the next one)")
+    p.add_argument("--linger", type=float, default=0.0,
+                   help="keep the services (and /metrics) up this many seconds at the end")
+    p.add_argument("--console-port", type=int, default=0,
+                   help="web console port (0: any free port, -1: no console)")
+    p.add_argument("--console-host", default="127.0.0.1",
+                   help="web console address (default: this machine only)")
+
+
+COMMANDS["demo"] = Command(
+    _demo_configure, run_demo,
+    "cloud + edge on this machine: stream a video, detect, fetch a human view")
