@@ -440,3 +440,20 @@ def test_max_connection_age_rebalances_without_loss(tmp_path: Path, photos) -> N
                                           "'cam-age' ORDER BY frame_id")]
     assert reconnects >= 2, "the stream was never ended by its age"
     assert ids == list(range(1, n + 1))
+
+
+# -- capacity model ----------------------------------------------------------------------------
+def test_capacity_model_is_current() -> None:
+    """docs/capacity.md's tables are rendered from docs/capacity/measured.json, whose rate
+    points are the base packages shipped now: new codec weights make this fail until
+    `python scripts/capacity.py measure && python scripts/capacity.py render` is run."""
+    r = _run([sys.executable, str(ROOT / "scripts" / "capacity.py"), "render", "--check"])
+    assert r.returncode == 0, r.stderr
+    pytest.importorskip("torch")
+    from icm_codec.registry import list_packages
+
+    measured = json.loads((ROOT / "docs" / "capacity" / "measured.json").read_text())
+    shipped = {p.model_id: p.digest for p in list_packages([ROOT / "icm_codec" / "weights"])
+               if p.kind == "base"}
+    assert {p["package"]: p["digest"] for p in measured["rate_points"]} == shipped, \
+        "the shipped base packages changed: re-run scripts/capacity.py measure and render"
