@@ -70,6 +70,7 @@ class IngestPipeline:
         # (camera, capture µs) of each newly stored frame: the per-camera last-frame gauge
         self.on_camera_frame: Callable[[str, int], None] | None = None
         self.max_queue = max_queue
+        self._waited = 0.0   # seconds of the current batch spent waiting for the database
         self._queue: queue.Queue[IngestItem] = queue.Queue(max_queue)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="cloud-ingest", daemon=True)
@@ -119,6 +120,7 @@ class IngestPipeline:
                     return
                 continue
             t0 = time.perf_counter()
+            self._waited = 0.0
             try:
                 self.process(items)
             except StoreUnavailableError:
@@ -136,7 +138,9 @@ class IngestPipeline:
                 for session in {id(it.session): it.session for it in items}.values():
                     session.close()
             finally:
-                self.metrics.ingest_busy.inc(time.perf_counter() - t0)
+                # busy: working, not waiting for the database to come back (an outage must not
+                # look like load to the autoscaler)
+                self.metrics.ingest_busy.inc(max(0.0, time.perf_counter() - t0 - self._waited))
                 for it in items:
                     it.session.add_in_flight(-1)
 
@@ -145,12 +149,15 @@ class IngestPipeline:
         only when the pipeline stops."""
         backoff = Backoff(initial=0.2, maximum=5.0)
         while True:
+            tried = time.perf_counter()
             try:
                 result = fn()
             except StoreUnavailableError as e:
                 if self.monitor is not None:
                     self.monitor.report(False, str(e))
-                if self._stop.wait(backoff.next_delay()):
+                stopping = self._stop.wait(backoff.next_delay())
+                self._waited += time.perf_counter() - tried   # the failed try and the wait
+                if stopping:
                     raise
                 continue
             if self.monitor is not None:
