@@ -73,32 +73,57 @@ def test_dockerfile_rules(name: str) -> None:
             json.loads(v)  # exec form: a JSON array
         if k == "HEALTHCHECK":
             json.loads(v[v.index("CMD") + 3:])
-    # the install step is CI's: the torch pins of scripts/install.sh, extras that exist
+    # the base image: a build argument pinned by digest, the one of base-images.lock
+    text = (DOCKER / f"{name}.Dockerfile").read_text()
+    args = dict(re.findall(r"^ARG (\w+)=(\S+)", text, re.M))
+    pinned = [ln for ln in (DOCKER / "base-images.lock").read_text().splitlines()
+              if ln and not ln.startswith("#")]
+    assert re.fullmatch(r"[\w./:-]+@sha256:[0-9a-f]{64}", args["PYTHON_IMAGE"])
+    assert args["PYTHON_IMAGE"] in pinned
+    assert all(v.startswith("${PYTHON_IMAGE}") for k, v in ins if k == "FROM")
+    # torch: the pins of scripts/install.sh
     install = (ROOT / "scripts" / "install.sh").read_text()
     pins = dict(re.findall(r'"(torch|torchvision)==([0-9.]+)"', install))
-    args = dict(re.findall(r"^ARG (\w+)=(\S+)", (DOCKER / f"{name}.Dockerfile").read_text(), re.M))
     assert args["TORCH_VERSION"] == pins["torch"]
     assert args["TORCHVISION_VERSION"] == pins["torchvision"]
+    # everything else from the image's lock, hashes required, no resolution; the project
+    # itself without dependencies (not editable); the stubs generated at build time
     runs = " ".join(v for k, v in ins if k == "RUN")
-    m = re.search(r'pip install -e "\.\[([\w,]+)\]"', runs)
-    assert m, "the image must install the project with pip install -e .[extras], as CI does"
-    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
-    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
-        "optional-dependencies"]
-    assert set(m.group(1).split(",")) <= set(extras)
+    lock = f"deploy/docker/requirements/{name}.txt"
+    assert (ROOT / lock).is_file()
+    m = re.search(r"pip install --no-deps --require-hashes [^&]*-r (\S+)", runs)
+    assert m and m.group(1) == lock, "the image must install its lock with hashes"
+    assert "pip install -e" not in runs
+    assert re.search(r"pip install --no-deps [^&]*\.(\s|$)", runs)
     assert "generate(force=True)" in runs, "gRPC stubs are generated at build time"
+    locked = (ROOT / lock).read_text()
+    assert "\nopencv-python==" not in locked, "one OpenCV: the headless build"
+    if name in ("edge", "cloud"):
+        assert "\nopencv-python-headless==" in locked
+    # the final stage ends with the environment's COPY: the largest layer, copied once (a
+    # storage driver without copy-on-write copies the whole file system per instruction)
+    assert final[-1][0] == "COPY" and final[-1][1].split()[-1] == "/opt/venv"
     # what COPY takes from the context is let through by the Dockerfile's own .dockerignore
     ignore = (DOCKER / f"{name}.Dockerfile.dockerignore").read_text().splitlines()
     allowed = [p[1:].rstrip("/") for p in ignore if p.startswith("!")]
     for k, v in ins:
         if k == "COPY" and "--from" not in v:
             for src in v.split()[:-1]:
-                if src.startswith("$"):
+                if src.startswith("$") or src == ".":
                     continue
                 src = src.rstrip("/")
                 assert (ROOT / src).exists(), f"COPY source {src} does not exist"
                 assert any(src == a or src.startswith(a + "/") or src in ("pyproject.toml",)
                            for a in allowed), f"{src} is excluded by the .dockerignore"
+
+
+def test_image_locks_cover_pyproject() -> None:
+    """Every dependency pyproject.toml asks for (for the image's extra) is in its lock, and
+    what the Dockerfiles install otherwise (torch, the CUDA runtime, GUI OpenCV) is not."""
+    pytest.importorskip("tomllib")
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "lock_images.py"), "--check"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_hadolint() -> None:
