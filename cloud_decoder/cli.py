@@ -75,7 +75,28 @@ def _cloud_configure(p: argparse.ArgumentParser) -> None:
                    default=float(env_default("ICM_MAX_CAMERA_HUMAN_VIEWS_MB", "0")),
                    help="cached human-view megabytes kept per camera "
                         "[$ICM_MAX_CAMERA_HUMAN_VIEWS_MB]")
+    o = p.add_argument_group("operations (docs/operations.md)")
+    o.add_argument("--max-connection-age-s", type=float,
+                   default=float(env_default("ICM_MAX_CONNECTION_AGE_S", "0")),
+                   help="end each connection after about this long (0: never), so edge streams "
+                        "rebalance over instances added since [$ICM_MAX_CONNECTION_AGE_S]")
+    o.add_argument("--max-workers", type=int,
+                   default=int(env_default("ICM_MAX_WORKERS", "128")),
+                   help="RPC worker threads: each edge stream holds one, 4 are kept back "
+                        "(default 128) [$ICM_MAX_WORKERS]")
+    o.add_argument("--edge-stats-s", type=float,
+                   default=float(env_default("ICM_EDGE_STATS_S", "10")),
+                   help="edges send their counters this often, re-exported on /metrics "
+                        "(0: never) [$ICM_EDGE_STATS_S]")
     add_common_flags(p, 9100)
+
+
+def _operations(args: argparse.Namespace) -> dict:
+    """CloudConfig fields of the operations flags."""
+    if args.max_workers < 8:
+        raise ValueError("--max-workers must be at least 8")
+    return {"max_connection_age_s": args.max_connection_age_s,
+            "max_workers": args.max_workers, "edge_stats_s": args.edge_stats_s}
 
 
 def _flag(name: str) -> bool:
@@ -107,7 +128,8 @@ def _cloud(args: argparse.Namespace) -> int:
                       heartbeat_s=args.heartbeat_s, frame_retention_s=args.frame_retention_s,
                       max_camera_frames_mb=args.max_camera_frames_mb,
                       human_view_retention_s=args.human_view_retention_s,
-                      max_camera_human_views_mb=args.max_camera_human_views_mb))
+                      max_camera_human_views_mb=args.max_camera_human_views_mb,
+                      **_operations(args)))
     return 0
 
 

@@ -18,14 +18,45 @@ import numpy as np
 
 from icm_codec import ModelPackage, ScalableCodec, load_package
 from icm_codec.bitstream import LayerHeader, unpack_layer
-from icm_codec.errors import ICMError, ModelPackageError
+from icm_codec.errors import (
+    ChecksumError,
+    HeaderError,
+    ICMError,
+    ModelMismatchError,
+    ModelPackageError,
+    TruncatedStreamError,
+    UnsupportedVersionError,
+)
 from icm_codec.registry import find_package
 
-__all__ = ["CodecDecoder", "Decoded", "NoopDecoder", "RejectedLayerError"]
+__all__ = ["REJECT_REASONS", "CodecDecoder", "Decoded", "NoopDecoder", "RejectedLayerError",
+           "reject_reason"]
+
+# The ``reason`` label of icm_cloud_frames_rejected_total: a fixed set, so that a hostile or
+# broken layer cannot make label values (the message, with its model ids, goes to the edge and
+# the log instead).
+REJECT_REASONS = ("checksum", "truncated", "unsupported_version", "bad_header", "corrupt",
+                  "unknown_model", "model_mismatch", "decode_failed")
+
+
+def reject_reason(e: BaseException) -> str:
+    """The bounded reason code of a codec error (one of :data:`REJECT_REASONS`)."""
+    for cls, code in ((ChecksumError, "checksum"), (TruncatedStreamError, "truncated"),
+                      (UnsupportedVersionError, "unsupported_version"),
+                      (HeaderError, "bad_header"), (ModelPackageError, "unknown_model"),
+                      (ModelMismatchError, "model_mismatch")):
+        if isinstance(e, cls):
+            return code
+    return getattr(e, "reason", "corrupt") if isinstance(e, RejectedLayerError) else "corrupt"
 
 
 class RejectedLayerError(ValueError):
-    """A layer the cloud cannot decode (corrupt, unknown model): the frame is rejected."""
+    """A layer the cloud cannot decode (corrupt, unknown model): the frame is rejected.
+    ``reason`` is its bounded code (:data:`REJECT_REASONS`), the message says the rest."""
+
+    def __init__(self, message: str, reason: str = "corrupt") -> None:
+        super().__init__(message)
+        self.reason = reason if reason in REJECT_REASONS else "corrupt"
 
 
 @dataclass
@@ -43,7 +74,7 @@ class NoopDecoder:
         try:
             return unpack_layer(layer).header
         except ICMError as e:
-            raise RejectedLayerError(f"corrupt base layer: {e}") from e
+            raise RejectedLayerError(f"corrupt base layer: {e}", reject_reason(e)) from e
 
     def decode(self, layers: Sequence[bytes]) -> list[Decoded]:
         return [Decoded(self.check(b), None) for b in layers]
@@ -68,7 +99,8 @@ class CodecDecoder(NoopDecoder):
                 pkg = load_package(find_package(digest16.hex()), self.device)
             except ModelPackageError as e:
                 raise RejectedLayerError(f"no model package for {model_id!r} "
-                                    f"({digest16.hex()[:12]}) on this cloud: {e}") from e
+                                         f"({digest16.hex()[:12]}) on this cloud: {e}",
+                                         "unknown_model") from e
             self._packages[digest16] = pkg
         return pkg
 
@@ -82,7 +114,7 @@ class CodecDecoder(NoopDecoder):
             try:
                 codec = ScalableCodec(bpkg, epkg, self.device)
             except (ValueError, ICMError) as e:
-                raise RejectedLayerError(str(e)) from e
+                raise RejectedLayerError(str(e), "model_mismatch") from e
             self._codecs[key] = codec
         return codec
 
@@ -93,7 +125,7 @@ class CodecDecoder(NoopDecoder):
         try:
             codec.base.parse(layer)
         except ICMError as e:
-            raise RejectedLayerError(str(e)) from e
+            raise RejectedLayerError(str(e), reject_reason(e)) from e
         return header
 
     def decode(self, layers: Sequence[bytes]) -> list[Decoded]:
@@ -115,10 +147,10 @@ class CodecDecoder(NoopDecoder):
         try:
             bh, eh = unpack_layer(base).header, unpack_layer(enhancement).header
         except ICMError as e:
-            raise RejectedLayerError(f"corrupt layer: {e}") from e
+            raise RejectedLayerError(f"corrupt layer: {e}", reject_reason(e)) from e
         with self._lock:
             codec = self.codec(bh, eh)
             try:
                 return codec.decode_human(base, enhancement)
             except ICMError as e:
-                raise RejectedLayerError(str(e)) from e
+                raise RejectedLayerError(str(e), reject_reason(e)) from e

@@ -28,6 +28,7 @@ from icm_rpc import pb, pb_grpc
 from icm_rpc.protos import Undecodable
 from icm_rpc.tls import peer_identities
 
+from .edge_stats import clean_stats
 from .metrics import CloudMetrics
 from .pipeline import IngestItem, IngestPipeline, now_us
 from .sessions import EdgeSession, SessionRegistry
@@ -93,7 +94,7 @@ class EdgeLinkServicer(pb_grpc.EdgeLinkServicer):
     def __init__(self, store: Store, pipeline: IngestPipeline, sessions: SessionRegistry,
                  metrics: CloudMetrics, *, instance: str, require_identity: bool,
                  heartbeat_s: float = 2.0, hello_timeout_s: float = 10.0,
-                 max_in_flight: int = 512) -> None:
+                 max_in_flight: int = 512, stats_s: float = 10.0) -> None:
         self.store = store
         self.pipeline = pipeline
         self.sessions = sessions
@@ -103,6 +104,9 @@ class EdgeLinkServicer(pb_grpc.EdgeLinkServicer):
         self.heartbeat_s = heartbeat_s
         self.hello_timeout_s = hello_timeout_s
         self.max_in_flight = max_in_flight
+        self.stats_s = stats_s            # ask edges for EdgeStats this often (0: never)
+        self._newest: dict[str, float] = {}   # newest stored capture time per camera (s)
+        self._newest_lock = threading.Lock()
 
     def _refuse(self, context: grpc.ServicerContext, code: grpc.StatusCode, reason: str,
                 message: str) -> None:
@@ -156,6 +160,7 @@ class EdgeLinkServicer(pb_grpc.EdgeLinkServicer):
                 retained_from=hello.retained_from_frame_id))
             self.sessions.open(session)
             self.metrics.active_sessions.set(len(self.sessions))
+            self._camera_up(session)
             log.info("camera %s connected from %s (epoch %r, offset %d, stored up to its frame "
                      "%d)", hello.camera_id, context.peer(), hello.epoch, info.offset,
                      info.last_frame_id)
@@ -163,7 +168,8 @@ class EdgeLinkServicer(pb_grpc.EdgeLinkServicer):
             reader.ready.set()
             yield pb.CloudMessage(welcome=pb.Welcome(
                 last_stored_frame_id=info.last_frame_id, cloud_instance=self.instance,
-                heartbeat_ms=int(self.heartbeat_s * 1000), frame_id_offset=info.offset))
+                heartbeat_ms=int(self.heartbeat_s * 1000), frame_id_offset=info.offset,
+                stats_interval_ms=int(self.stats_s * 1000)))
             idle = session.heartbeat_s or 1.0
             while context.is_active():
                 try:
@@ -182,9 +188,39 @@ class EdgeLinkServicer(pb_grpc.EdgeLinkServicer):
             if session is not None:
                 self._closed(session)
 
+    def _camera_up(self, session: EdgeSession) -> None:
+        """The camera's state gauges: connected here, and its newest stored frame's capture
+        time (so a camera that connects and sends nothing still ages)."""
+        cam = session.camera_id
+        self.metrics.camera_connected.labels(cam).set(1)
+        try:
+            last = self.store.recent_stats(cam, 1).last_capture_us
+        except StoreUnavailableError:
+            last = 0
+        if last:
+            self.frame_stored(cam, last)
+
+    def frame_stored(self, camera: str, capture_us: int) -> None:
+        """A frame of ``camera`` is stored: advance its last-frame gauge while its stream is
+        here (a late batch of a camera that moved must not bring its series back)."""
+        if self.sessions.get(camera) is None:
+            return
+        with self._newest_lock:
+            t = capture_us / 1e6
+            if t > self._newest.get(camera, 0.0):
+                self._newest[camera] = t
+                self.metrics.camera_last_frame.labels(camera).set(t)
+
+    def forget_camera(self, camera: str) -> None:
+        """Another instance holds the camera's stream now: its state gauges go from here."""
+        with self._newest_lock:
+            self._newest.pop(camera, None)
+            self.metrics.forget_camera(camera)
+
     def _closed(self, session: EdgeSession) -> None:
         try:
             if self.sessions.close(session):
+                self.metrics.camera_connected.labels(session.camera_id).set(0)
                 self.store.set_offline(session.camera_id, self.instance, now_us(),
                                        session.retained_from)
         except StoreUnavailableError as e:
@@ -250,6 +286,8 @@ class EdgeLinkServicer(pb_grpc.EdgeLinkServicer):
                         break
                 elif kind == "heartbeat":
                     session.retained_from = msg.heartbeat.retained_from_frame_id
+                elif kind == "stats":
+                    session.stats = clean_stats(msg.stats)
                 elif kind == "hello":
                     self._violation(session, bad, "second_hello",
                                     "a stream carries one Hello, as its first message")

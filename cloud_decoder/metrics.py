@@ -1,10 +1,20 @@
-"""The cloud's Prometheus metrics (``_total`` counters, seconds, bytes)."""
+"""The cloud's Prometheus metrics (``_total`` counters, seconds, bytes).
+
+Label values are bounded: ``camera`` by the fleet, ``reason`` of rejected frames by
+:data:`~cloud_decoder.decoders.REJECT_REASONS`, the others by fixed sets in the code. Next to
+them: per-RPC metrics (``grpc_server_*``, :mod:`icm_rpc.grpc_metrics`), process and build
+metrics (:func:`icm_rpc.metrics.add_runtime_metrics`), the limits the instance runs under, and
+the edges' own counters, re-exported from their streams (:mod:`cloud_decoder.edge_stats`).
+"""
 
 from __future__ import annotations
 
+import contextlib
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from icm_rpc.metrics import latency_buckets
+from icm_rpc.grpc_metrics import GrpcServerMetrics
+from icm_rpc.metrics import add_runtime_metrics, latency_buckets
 
 __all__ = ["CloudMetrics"]
 
@@ -57,3 +67,45 @@ class CloudMetrics:
                                          "retention bounds", ["kind"], registry=r)
         self.errors = Counter("icm_cloud_rpc_errors", "RPCs that ended with an error status",
                               ["method", "code"], registry=r)
+        # -- operations: per camera, limits next to usage, load, the database (issue 15) -----
+        self.camera_connected = Gauge(
+            "icm_cloud_camera_connected", "1 while this instance holds the camera's stream; 0 "
+            "for a camera offline everywhere (every instance reports those: take max by camera)",
+            ["camera"], registry=r)
+        self.camera_last_frame = Gauge(
+            "icm_cloud_camera_last_frame_timestamp_seconds", "Capture time (Unix seconds) of "
+            "the camera's newest stored frame, from the instance that holds (or last held) its "
+            "stream",
+            ["camera"], registry=r)
+        self.cameras = Gauge("icm_cloud_cameras", "Cameras in the database, by state (online, "
+                             "offline)", ["state"], registry=r)
+        self.max_streams = Gauge("icm_cloud_max_streams", "Edge streams this instance can hold "
+                                 "(RPC workers less those kept for analysts and peers)",
+                                 registry=r)
+        self.queue_capacity = Gauge("icm_cloud_queue_capacity_frames", "Frames the ingest "
+                                    "queue holds before streams feel back-pressure", registry=r)
+        self.ingest_busy = Counter("icm_cloud_ingest_busy_seconds", "Time the ingest worker "
+                                   "spent on batches (decode, analytics, commit); its rate is "
+                                   "the worker's utilisation (1: saturated), the autoscaler's "
+                                   "load metric", registry=r)
+        self.database_size = Gauge("icm_cloud_database_size_bytes", "Size of the database "
+                                   "(SQLite file, or PostgreSQL's pg_database_size)",
+                                   registry=r)
+        self.frame_retention = Gauge("icm_cloud_frame_retention_seconds", "Frames older than "
+                                     "this are deleted (0: kept for ever)", registry=r)
+        self.camera_frames_max = Gauge("icm_cloud_camera_frames_max_bytes", "Base-layer bytes "
+                                       "kept per camera (0: unbounded)", registry=r)
+        self.human_view_retention = Gauge("icm_cloud_human_view_retention_seconds", "Cached "
+                                          "human views of older frames are dropped (0: kept)",
+                                          registry=r)
+        self.camera_human_views_max = Gauge("icm_cloud_camera_human_views_max_bytes", "Cached "
+                                            "human-view bytes kept per camera (0: unbounded)",
+                                            registry=r)
+        self.grpc = GrpcServerMetrics(r)
+        add_runtime_metrics(r, "cloud")
+
+    def forget_camera(self, camera: str) -> None:
+        """Drop the camera's state gauges here (another instance holds its stream now)."""
+        for g in (self.camera_connected, self.camera_last_frame):
+            with contextlib.suppress(KeyError):
+                g.remove(camera)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from icm_rpc import pb
 from icm_rpc.backoff import Backoff
 
-from .decoders import NoopDecoder, RejectedLayerError
+from .decoders import NoopDecoder, RejectedLayerError, reject_reason
 from .metrics import CloudMetrics
 from .sessions import EdgeSession
 from .storage import FrameRow, Store, StoreUnavailableError
@@ -67,6 +67,10 @@ class IngestPipeline:
         self.max_batch = max_batch
         self.on_stored = on_stored
         self.thumbnail_width = thumbnail_width  # 0: none at ingest (made when first asked)
+        # (camera, capture µs) of each newly stored frame: the per-camera last-frame gauge
+        self.on_camera_frame: Callable[[str, int], None] | None = None
+        self.max_queue = max_queue
+        self._waited = 0.0   # seconds of the current batch spent waiting for the database
         self._queue: queue.Queue[IngestItem] = queue.Queue(max_queue)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="cloud-ingest", daemon=True)
@@ -115,6 +119,8 @@ class IngestPipeline:
                 if self._stop.is_set():
                     return
                 continue
+            t0 = time.perf_counter()
+            self._waited = 0.0
             try:
                 self.process(items)
             except StoreUnavailableError:
@@ -132,6 +138,9 @@ class IngestPipeline:
                 for session in {id(it.session): it.session for it in items}.values():
                     session.close()
             finally:
+                # busy: working, not waiting for the database to come back (an outage must not
+                # look like load to the autoscaler)
+                self.metrics.ingest_busy.inc(max(0.0, time.perf_counter() - t0 - self._waited))
                 for it in items:
                     it.session.add_in_flight(-1)
 
@@ -140,12 +149,15 @@ class IngestPipeline:
         only when the pipeline stops."""
         backoff = Backoff(initial=0.2, maximum=5.0)
         while True:
+            tried = time.perf_counter()
             try:
                 result = fn()
             except StoreUnavailableError as e:
                 if self.monitor is not None:
                     self.monitor.report(False, str(e))
-                if self._stop.wait(backoff.next_delay()):
+                stopping = self._stop.wait(backoff.next_delay())
+                self._waited += time.perf_counter() - tried   # the failed try and the wait
+                if stopping:
                     raise
                 continue
             if self.monitor is not None:
@@ -161,8 +173,10 @@ class IngestPipeline:
                 for fid in self.store.stored_ids(cam, ids)}
 
     # -- one batch -----------------------------------------------------------------------------
-    def _reject(self, it: IngestItem, reason: str) -> None:
-        self.metrics.rejected.labels(it.session.camera_id, reason.split(":")[0][:40]).inc()
+    def _reject(self, it: IngestItem, reason: str, code: str = "corrupt") -> None:
+        """``reason`` (text) goes to the edge and the log; ``code`` (one of
+        decoders.REJECT_REASONS) is the metric's label."""
+        self.metrics.rejected.labels(it.session.camera_id, code).inc()
         it.session.send(pb.CloudMessage(rejected=pb.FrameRejected(frame_id=it.frame.frame_id,
                                                                   reason=reason)))
         log.warning("camera %s frame %d rejected: %s", it.session.camera_id,
@@ -181,7 +195,7 @@ class IngestPipeline:
                 self.decoder.check(it.frame.layer)
                 todo.append(it)
             except RejectedLayerError as e:
-                self._reject(it, str(e))
+                self._reject(it, str(e), e.reason)
         rows = self._analyse(todo)
         new = self._store_call(lambda: self.store.add_frames(rows)) if rows else []
         stored_us = now_us()
@@ -190,6 +204,8 @@ class IngestPipeline:
                 m.duplicates.inc()
                 continue
             m.stored.labels(row.camera_id).inc()
+            if self.on_camera_frame is not None:
+                self.on_camera_frame(row.camera_id, row.capture_us)
             m.capture_to_stored.observe(max(0.0, (stored_us - row.capture_us) / 1e6))
             for d in row.detections:
                 m.detections.labels(d.get("class_name", "")).inc()
@@ -214,7 +230,9 @@ class IngestPipeline:
                 try:
                     pairs.append((it, self.decoder.decode([it.frame.layer])[0]))
                 except Exception as e1:
-                    self._reject(it, f"decode failed: {e1}")
+                    code = reject_reason(e1) if isinstance(e1, RejectedLayerError) \
+                        else "decode_failed"
+                    self._reject(it, f"decode failed: {e1}", code)
         if todo:
             self.metrics.decode_seconds.observe(time.perf_counter() - t0)
         return pairs

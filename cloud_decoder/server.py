@@ -16,6 +16,11 @@ operator says so explicitly. Loopback (the demo, tests) needs neither.
 
 Health: NOT_SERVING while the database is away (ingest pauses, see ``store_monitor``) and while
 shutting down.
+
+Streams rebalance: with ``max_connection_age_s`` the server ends each connection after about that
+long (gRPC adds ±10 % jitter) and a grace period, so the edges reconnect through the load
+balancer and spread over instances added since (a scale-out would otherwise reach only new
+cameras). The edge re-sends what was not acked; nothing is lost or stored twice.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from grpc_reflection.v1alpha import reflection
 
 from icm_rpc import pb_grpc
 from icm_rpc.channels import MAX_MESSAGE_BYTES
+from icm_rpc.grpc_metrics import MetricsInterceptor
 from icm_rpc.metrics import MetricsServer
 from icm_rpc.protos import Undecodable, lenient
 from icm_rpc.tls import TLSFiles, server_credentials
@@ -44,6 +50,7 @@ from icm_rpc.tls import TLSFiles, server_credentials
 from .analyst import AnalystServicer, DetectionHub
 from .decoders import CodecDecoder, NoopDecoder
 from .edge_link import EdgeLinkServicer
+from .edge_stats import EdgeStatsCollector
 from .forwarding import Forwarder
 from .metrics import CloudMetrics
 from .pipeline import IngestPipeline, now_us
@@ -92,6 +99,11 @@ class CloudConfig:
     human_view_retention_s: float = 0.0
     max_camera_human_views_mb: float = 0.0
     retention_interval_s: float = 60.0
+    # operations (docs/operations.md)
+    max_connection_age_s: float = 0.0   # end connections after this long (0: never): rebalance
+    max_connection_age_grace_s: float = 30.0
+    edge_stats_s: float = 10.0          # edges send their counters this often (0: never)
+    presence_interval_s: float = 30.0   # refresh per-camera state gauges from the database
 
     @property
     def retention(self) -> RetentionPolicy:
@@ -267,16 +279,22 @@ class CloudServer:
         self.pipeline = IngestPipeline(self.store, self.decoder, self.detectors, self.metrics,
                                        max_batch=c.max_batch, on_stored=self.hub.publish,
                                        thumbnail_width=c.thumbnail_width, monitor=self.monitor)
+        options: list[tuple[str, int]] = [
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            # pings find dead transports of edges that send no heartbeats
+            ("grpc.keepalive_time_ms", 30_000), ("grpc.keepalive_timeout_ms", 10_000)]
+        if c.max_connection_age_s > 0:
+            options += [("grpc.max_connection_age_ms", int(c.max_connection_age_s * 1000)),
+                        ("grpc.max_connection_age_grace_ms",
+                         int(c.max_connection_age_grace_s * 1000))]
         self.server = grpc.server(
             ThreadPoolExecutor(c.max_workers, thread_name_prefix="cloud-rpc"),
-            interceptors=[_Guard(c.analyst_token, self.metrics)],
-            options=[("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                     ("grpc.keepalive_permit_without_calls", 1),
-                     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-                     # pings find dead transports of edges that send no heartbeats
-                     ("grpc.keepalive_time_ms", 30_000), ("grpc.keepalive_timeout_ms", 10_000)],
-            maximum_concurrent_rpcs=c.max_workers - 4)
+            interceptors=[MetricsInterceptor(self.metrics.grpc),
+                          _Guard(c.analyst_token, self.metrics)],
+            options=options, maximum_concurrent_rpcs=c.max_workers - 4)
         self.port = self._bind(c.listen, c.mtls)
         self.analyst_port = self._bind(c.analyst_listen, False) if c.analyst_listen else self.port
         self.instance = (c.advertise or c.instance
@@ -287,7 +305,10 @@ class CloudServer:
         self.edge_link = EdgeLinkServicer(
             self.store, self.pipeline, self.sessions, self.metrics, instance=self.instance,
             require_identity=c.tls.enabled and c.mtls, heartbeat_s=c.heartbeat_s,
-            hello_timeout_s=c.hello_timeout_s)
+            hello_timeout_s=c.hello_timeout_s, stats_s=c.edge_stats_s)
+        self.pipeline.on_camera_frame = self.edge_link.frame_stored
+        self.metrics.registry.register(EdgeStatsCollector(self.sessions))
+        self._set_limits()
         pb_grpc.add_EdgeLinkServicer_to_server(self.edge_link, self.server)
         pb_grpc.add_AnalystServicer_to_server(AnalystServicer(
             self.store, self.sessions, self.decoder if c.decoder == "codec" else None,  # type: ignore[arg-type]
@@ -319,14 +340,47 @@ class CloudServer:
         for name in ("", *SERVICE_NAMES):
             self.health.set(name, status)
 
+    def _set_limits(self) -> None:
+        """Limits next to usage: what the instance is configured to hold."""
+        c, m = self.config, self.metrics
+        m.max_streams.set(c.max_workers - 4)
+        m.queue_capacity.set(self.pipeline.max_queue)
+        m.frame_retention.set(c.frame_retention_s)
+        m.camera_frames_max.set(c.max_camera_frames_mb * 2**20)
+        m.human_view_retention.set(c.human_view_retention_s)
+        m.camera_human_views_max.set(c.max_camera_human_views_mb * 2**20)
+
+    def refresh_presence(self) -> None:
+        """Per-camera state from the database: a camera offline everywhere reads
+        ``icm_cloud_camera_connected 0`` on every instance (so a silent camera alerts even when
+        the instance that held it is gone); one whose stream another instance holds is dropped
+        from here. Also the camera counts and the database's size."""
+        held = {s.camera_id for s in self.sessions.all()}
+        online = offline = 0
+        for camera, instance, is_online in self.store.camera_presence():
+            online += is_online
+            offline += not is_online
+            if camera in held:
+                continue
+            if is_online and instance != self.instance:
+                self.edge_link.forget_camera(camera)
+            elif not is_online:
+                self.metrics.camera_connected.labels(camera).set(0)
+        self.metrics.cameras.labels("online").set(online)
+        self.metrics.cameras.labels("offline").set(offline)
+        self.metrics.database_size.set(self.store.size_bytes())
+
     def _housekeep(self) -> None:
-        """Close streams of silent edges (every 0.5 s) and apply retention (every
-        ``retention_interval_s``)."""
+        """Close streams of silent edges (every 0.5 s), refresh per-camera state (every
+        ``presence_interval_s``) and apply retention (every ``retention_interval_s``)."""
         policy = self.config.retention
-        next_sweep = time.monotonic()
+        next_sweep = next_presence = time.monotonic()
         while not self._stopped.wait(0.5):
             try:
                 self.edge_link.reap_silent()
+                if time.monotonic() >= next_presence:
+                    next_presence = time.monotonic() + self.config.presence_interval_s
+                    self.refresh_presence()
                 if policy.enabled and time.monotonic() >= next_sweep:
                     next_sweep = time.monotonic() + self.config.retention_interval_s
                     self.apply_retention()

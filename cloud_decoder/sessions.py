@@ -44,6 +44,7 @@ class EdgeSession:
         self.peer = peer
         self.heartbeat_s = heartbeat_s if "heartbeat" in hello.capabilities else 0.0
         self.retained_from = hello.retained_from_frame_id
+        self.stats: pb.EdgeStats | None = None   # the edge's newest EdgeStats (edge_stats.py)
         self.outbound: queue.Queue[pb.CloudMessage | None] = queue.Queue()
         self.closed = threading.Event()
         self.error: tuple[grpc.StatusCode, str] | None = None

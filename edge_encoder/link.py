@@ -17,6 +17,9 @@ frame once. Ids and acks count within the spool's epoch (Hello.epoch), so a fres
 meets acks meant for another. Reconnects back off exponentially with jitter. When the cloud
 asks for heartbeats (Welcome.heartbeat_ms), both sides send one when idle, and a stream silent
 for five intervals is cancelled and reconnected: a network partition is noticed in seconds.
+When the cloud asks for them (Welcome.stats_interval_ms), the edge also sends its health and
+counters (EdgeStats) that often, which the cloud re-exports: a camera behind NAT is observable
+without anyone scraping it.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from icm_rpc.channels import open_channel
 from icm_rpc.tls import TLSFiles, client_credentials
 
 from .encoder import EdgeEncoder
-from .metrics import EdgeMetrics
+from .metrics import EdgeMetrics, edge_stats
 from .spool import Spool
 
 __all__ = ["EdgeLink"]
@@ -45,7 +48,8 @@ __all__ = ["EdgeLink"]
 log = logging.getLogger("icm.edge")
 FATAL_CODES = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
                grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNIMPLEMENTED)
-CAPABILITIES = ("enhancement", "settings.base_model", "settings.max_fps", "heartbeat")
+CAPABILITIES = ("enhancement", "settings.base_model", "settings.max_fps", "heartbeat", "stats")
+CONNECT = "/icm.v1.EdgeLink/Connect"
 SILENT_INTERVALS = 5  # heartbeat intervals of silence after which a stream counts as broken
 
 
@@ -57,6 +61,7 @@ class _Conn:
     welcome: threading.Event = field(default_factory=threading.Event)
     heard: float = field(default_factory=time.monotonic)
     heartbeat_s: float = 0.0
+    stats_s: float = 0.0
     sent: int = 0
     renewed: bool = False
     cancelled: str = ""
@@ -67,13 +72,16 @@ class EdgeLink:
 
     Args:
         hello_extra: called at each connect for fresh Hello fields (frame size, models).
+        stats: makes the EdgeStats sent when the cloud asks for them (default: from
+            ``metrics``).
     """
 
     def __init__(self, camera_id: str, target: str, spool: Spool, encoder: EdgeEncoder,
                  metrics: EdgeMetrics, *, tls: TLSFiles | None = None, server_name: str = "",
                  window: int = 64, hello_extra: Callable[[], dict] | None = None,
                  on_settings: Callable[[pb.Settings], None] | None = None,
-                 backoff: Backoff | None = None, welcome_timeout_s: float = 30.0) -> None:
+                 backoff: Backoff | None = None, welcome_timeout_s: float = 30.0,
+                 stats: Callable[[], pb.EdgeStats] | None = None) -> None:
         self.camera_id = camera_id
         self.target = target
         self.spool = spool
@@ -86,6 +94,7 @@ class EdgeLink:
         self.on_settings = on_settings
         self.backoff = backoff or Backoff()
         self.welcome_timeout_s = welcome_timeout_s
+        self.stats = stats or (lambda: edge_stats(self.metrics))
         self.last_error: grpc.RpcError | None = None
         self.on_connection: Callable[[bool], None] | None = None
         self.connected = threading.Event()
@@ -172,13 +181,18 @@ class EdgeLink:
     def _session(self) -> bool:
         """One stream, until it ends; True to reconnect at once (a new epoch was started)."""
         conn = _Conn()
+        g = self.metrics.grpc
+        labels = g.labels("bidi_stream", CONNECT)
+        code = grpc.StatusCode.OK
         with self._channel() as channel:
             stub = pb_grpc.EdgeLinkStub(channel)
+            g.started.labels(*labels).inc()
             call = stub.Connect(self._outbound(conn))
             conn.call = self._call = call
             self._conn = conn
             try:
                 for msg in call:
+                    g.received.labels(*labels).inc()
                     conn.heard = time.monotonic()
                     kind = msg.WhichOneof("body")
                     if kind == "welcome":
@@ -195,10 +209,12 @@ class EdgeLink:
                         self.on_settings(msg.settings)
                     self.notify()
             except grpc.RpcError as e:
+                code = e.code() if hasattr(e, "code") else grpc.StatusCode.UNKNOWN
                 if not conn.cancelled or self._stop.is_set():
                     raise
                 self.last_error = e  # cancelled by the watchdog: the reason is logged
             finally:
+                g.handled.labels(*labels, getattr(code, "name", "UNKNOWN")).inc()
                 self._call = None
                 conn.welcome.set()  # release the sender
         return conn.renewed
@@ -218,6 +234,7 @@ class EdgeLink:
         self.spool.skip_to(last)
         conn.sent = max(self._acked, last)
         conn.heartbeat_s = w.heartbeat_ms / 1000
+        conn.stats_s = w.stats_interval_ms / 1000
         self.connected.set()
         self.metrics.connected.set(1)
         if self.on_connection is not None:
@@ -244,6 +261,12 @@ class EdgeLink:
             retained_from_frame_id=self.spool.retained_from()))
 
     def _outbound(self, conn: _Conn) -> Iterator[pb.EdgeMessage]:
+        sent = self.metrics.grpc.sent.labels(*self.metrics.grpc.labels("bidi_stream", CONNECT))
+        for msg in self._messages(conn):
+            sent.inc()
+            yield msg
+
+    def _messages(self, conn: _Conn) -> Iterator[pb.EdgeMessage]:
         hello = pb.Hello(camera_id=self.camera_id, capabilities=list(CAPABILITIES),
                          epoch=self.spool.epoch,
                          retained_from_frame_id=self.spool.retained_from(),
@@ -253,7 +276,15 @@ class EdgeLink:
             if self._stop.is_set():
                 return
         last_sent = time.monotonic()
+        next_stats = time.monotonic()
         while not self._stop.is_set() and self._call is not None and not conn.renewed:
+            if conn.stats_s and time.monotonic() >= next_stats:
+                next_stats = time.monotonic() + conn.stats_s
+                try:
+                    yield pb.EdgeMessage(stats=self.stats())
+                    last_sent = time.monotonic()
+                except Exception:  # never lose the stream over its statistics
+                    log.exception("cannot make the edge statistics")
             try:
                 while True:
                     yield self._control.get_nowait()

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from icm_rpc.metrics import latency_buckets
+from icm_rpc import pb
+from icm_rpc.grpc_metrics import GrpcClientMetrics
+from icm_rpc.metrics import add_runtime_metrics, latency_buckets
 
-__all__ = ["EdgeMetrics"]
+__all__ = ["ENHANCEMENT_OUTCOMES", "EdgeMetrics", "edge_stats"]
 
 
 class EdgeMetrics:
@@ -48,3 +50,75 @@ class EdgeMetrics:
                                 "(0 during a stall)", registry=r)
         self.enhancement_requests = Counter("icm_edge_enhancement_requests", "Enhancement "
                                             "requests answered", ["outcome"], registry=r)
+        # limits next to usage (issue 15): spool and retention bounds of this edge
+        self.spool_max_bytes = Gauge("icm_edge_spool_max_bytes", "Bound on unacked base "
+                                     "frames (--max-spool-mb): past it the oldest are dropped",
+                                     registry=r)
+        self.retained_max_bytes = Gauge("icm_edge_retained_max_bytes", "Bound on what is kept "
+                                        "for human views (--max-retained-mb)", registry=r)
+        self.retention_seconds = Gauge("icm_edge_retention_seconds", "Frames are kept for "
+                                       "human views this long (--retention-s)", registry=r)
+        self.grpc = GrpcClientMetrics(r)
+        add_runtime_metrics(r, "edge")
+
+
+ENHANCEMENT_OUTCOMES = ("eager", "lazy", "not_retained", "error", "unsupported")
+
+
+def edge_stats(metrics: EdgeMetrics) -> pb.EdgeStats:
+    """What the edge's own /metrics says, as the EdgeStats message its stream carries to the
+    cloud (cameras behind NAT cannot be scraped)."""
+    v: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for fam in metrics.registry.collect():
+        for s in fam.samples:
+            v[(s.name, tuple(sorted(s.labels.items())))] = s.value
+
+    def get(name: str, **labels: str) -> float:
+        return v.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    def n(name: str, **labels: str) -> int:
+        return max(0, int(get(name, **labels)))
+
+    st = pb.EdgeStats(
+        start_time_s=get("process_start_time_seconds"),
+        frames_captured=n("icm_edge_frames_captured_total"),
+        frames_sent=n("icm_edge_frames_sent_total"),
+        frames_acked=n("icm_edge_frames_acked_total"),
+        frames_dropped_spool_full=n("icm_edge_frames_dropped_total", reason="spool_full"),
+        frames_rejected_by_cloud=n("icm_edge_frames_dropped_total", reason="rejected_by_cloud"),
+        reconnects=n("icm_edge_reconnects_total"),
+        capture_stalls=n("icm_edge_capture_stalls_total"),
+        capture_up=get("icm_edge_capture_up") > 0,
+        source_open_failed=n("icm_edge_source_events_total", event="open_failed"),
+        source_lost=n("icm_edge_source_events_total", event="lost"),
+        source_reopened=n("icm_edge_source_events_total", event="reopened"),
+        spool_frames=n("icm_edge_spool_frames"), spool_bytes=n("icm_edge_spool_bytes"),
+        spool_max_bytes=n("icm_edge_spool_max_bytes"),
+        retained_frames=n("icm_edge_retained_frames"),
+        retained_bytes=n("icm_edge_retained_bytes"),
+        retained_max_bytes=n("icm_edge_retained_max_bytes"),
+        retention_s=get("icm_edge_retention_seconds"))
+    bounds = latency_buckets()
+    for layer in ("base", "enhancement"):
+        frames = n("icm_edge_frames_encoded_total", layer=layer)
+        if not frames:
+            continue
+        st.layers.add(layer=layer, frames_encoded=frames,
+                      bytes=n("icm_edge_layer_bytes_total", layer=layer),
+                      bucket_bounds=bounds,
+                      bucket_counts=[n("icm_edge_encode_seconds_bucket", layer=layer,
+                                       le=_le(b)) for b in bounds]
+                      + [n("icm_edge_encode_seconds_count", layer=layer)],
+                      seconds_sum=get("icm_edge_encode_seconds_sum", layer=layer))
+    for outcome in ENHANCEMENT_OUTCOMES:
+        count = n("icm_edge_enhancement_requests_total", outcome=outcome)
+        if count:
+            st.enhancement_requests[outcome] = count
+    return st
+
+
+def _le(bound: float) -> str:
+    """The ``le`` label prometheus_client writes for a bucket bound."""
+    from prometheus_client.utils import floatToGoString
+
+    return floatToGoString(bound)

@@ -96,6 +96,9 @@ class EdgeService:
         self._stop = threading.Event()
         self._closed = False
         self.health = HealthServer(c.health_listen) if c.health_listen else None
+        self.metrics.spool_max_bytes.set(self.spool.max_bytes)
+        self.metrics.retained_max_bytes.set(self.spool.max_retained_bytes)
+        self.metrics.retention_seconds.set(c.retention_s)
         self._refresh_gauges()
 
     def _hello(self) -> dict:

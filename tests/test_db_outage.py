@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -57,6 +58,11 @@ def _stored(url: str) -> list[int]:
             "SELECT frame_id FROM frames WHERE camera_id = 'cam-db' ORDER BY frame_id")]
 
 
+def _busy(port: int) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return float(re.search(r"^icm_cloud_ingest_busy_seconds_total (\S+)$", text, re.M).group(1))
+
+
 def test_postgres_restart_mid_stream(pg: PgServer, tmp_path: Path) -> None:
     from cloud_decoder.storage import open_store
 
@@ -64,11 +70,12 @@ def test_postgres_restart_mid_stream(pg: PgServer, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="cannot connect to PostgreSQL") as e:
         open_store(wrong)
     assert pg.password not in str(e.value) and "icm:***@" in str(e.value)
-    port, log = free_port(), tmp_path / "cloud.log"
+    port, metrics_port, log = free_port(), free_port(), tmp_path / "cloud.log"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cloud = subprocess.Popen(
         [sys.executable, "-m", "icm_app", "cloud", "--listen", f"127.0.0.1:{port}",
-         "--db", pg.url, "--decoder", "noop", "--detectors", "none", "--metrics-port", "-1",
+         "--db", pg.url, "--decoder", "noop", "--detectors", "none",
+         "--metrics-port", str(metrics_port),
          "--threads", "1"], stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=REPO, env=env)
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) for _ in range(30)]
@@ -83,6 +90,7 @@ def test_postgres_restart_mid_stream(pg: PgServer, tmp_path: Path) -> None:
             assert _stored(pg.url) == list(range(1, 11))
 
             pg.stop()                                   # the database goes away
+            busy0, t0 = _busy(metrics_port), time.monotonic()
             for f in frames[10:20]:                     # the camera goes on capturing
                 edge.capture_one(f)
             wait_for(lambda: _health(port) == "NOT_SERVING", 30, "health to say NOT_SERVING")
@@ -93,6 +101,9 @@ def test_postgres_restart_mid_stream(pg: PgServer, tmp_path: Path) -> None:
             assert e.value.code() == grpc.StatusCode.UNAVAILABLE
             assert pg.password not in e.value.details()
             assert "***" in e.value.details()
+            # waiting for the database is not load: the autoscaler's metric stays low
+            busy = _busy(metrics_port) - busy0
+            assert busy < 0.5 * (time.monotonic() - t0), busy
 
             pg.start()                                  # back: no cloud restart
             assert edge.wait_drained(90), log.read_text()[-3000:]

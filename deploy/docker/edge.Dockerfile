@@ -1,47 +1,50 @@
-# syntax=docker/dockerfile:1.7
 # icm edge encoder: CPU only, small, non-root. Build from the repository root:
 #   docker build -f deploy/docker/edge.Dockerfile -t icm-edge .
+# The base image is a build argument pinned by digest (deploy/docker/base-images.lock); the
+# Python packages are those of deploy/docker/requirements/edge.txt (exact versions, hashes
+# checked); torch and torchvision come by version from TORCH_INDEX_URL (CPU wheels).
 # Model packages: the shipped defaults are in the package; others come in as a mounted volume
 # (ICM_MODEL_PATH=/models). Nothing is downloaded at run time.
 
-ARG PYTHON_IMAGE=python:3.11-slim-bookworm
-
-# -- build: a virtual environment with the project installed as CI installs it ---------------
-FROM ${PYTHON_IMAGE} AS build
-# CPU wheels of torch keep the image small. The pins are those of scripts/install.sh (CI checks
-# that they agree: tests/test_deploy.py).
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:2e32f7d302adc1c37428355c1e646897c0c53f4fd60b6a551245fb90ee129f91
+# The pins of scripts/install.sh (CI checks that they agree: tests/test_deploy.py). Declared
+# here, before the first stage, so that the build stage's first layers read the same in every
+# image of this project and images built with the same values share the torch layer.
 ARG TORCH_VERSION=2.15.0
 ARG TORCHVISION_VERSION=0.29.2
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 VIRTUAL_ENV=/opt/venv
-ENV PATH=/opt/venv/bin:$PATH
-WORKDIR /app
-RUN python -m venv /opt/venv
-COPY pyproject.toml README.md ./
-RUN python -m pip install --index-url "${TORCH_INDEX_URL}" \
+ARG PIP_INDEX_URL=https://pypi.org/simple
+
+# -- build: the virtual environment ---------------------------------------------------------
+FROM ${PYTHON_IMAGE} AS build
+ARG TORCH_VERSION
+ARG TORCHVISION_VERSION
+ARG TORCH_INDEX_URL
+ARG PIP_INDEX_URL
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
+# torch first, in a layer of its own that depends only on the base and the torch build
+# arguments: the largest part, shared by images built with the same ones (and cached).
+RUN python -m venv /opt/venv \
+    && pip install --index-url "${TORCH_INDEX_URL}" \
         "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}"
-COPY protos/ protos/
-COPY icm_app/ icm_app/
-COPY icm_codec/ icm_codec/
-COPY analytics/ analytics/
-COPY icm_rpc/ icm_rpc/
-COPY edge_encoder/ edge_encoder/
-COPY cloud_decoder/ cloud_decoder/
-COPY deploy/docker/healthcheck.py deploy/docker/healthcheck.py
-# The same install command as CI (scripts/install.sh), with the edge extra only; then the
-# gRPC stubs, generated at build time.
-RUN python -m pip install -e ".[edge]" \
-    && python -c "from icm_rpc.protos import generate; generate(force=True)"
+WORKDIR /src
+COPY . .
+# Then the lock: exact versions, hashes required, no resolution (it also sets the versions of
+# torch's own dependencies); the gRPC stubs; the project without dependencies.
+RUN pip install --no-deps --require-hashes --index-url "${PIP_INDEX_URL}" \
+        -r deploy/docker/requirements/edge.txt \
+    && python -c "from icm_rpc.protos import generate; generate(force=True)" \
+    && pip install --no-deps --no-build-isolation --no-index .
 
 # -- runtime -----------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE}
+ARG ICM_BUILD_REVISION=unknown
 ENV VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 \
     ICM_SPOOL_DIR=/var/lib/icm/spool ICM_METRICS_PORT=9101 ICM_LOG_FORMAT=json \
-    ICM_HEALTH_LISTEN=0.0.0.0:50053
+    ICM_HEALTH_LISTEN=0.0.0.0:50053 ICM_BUILD_REVISION=${ICM_BUILD_REVISION}
 RUN groupadd --system --gid 10001 icm \
     && useradd --system --uid 10001 --gid icm --home-dir /var/lib/icm --create-home icm
-COPY --from=build /opt/venv /opt/venv
-COPY --from=build /app /app
+COPY --from=build /src/deploy/docker/healthcheck.py /app/deploy/docker/healthcheck.py
 WORKDIR /var/lib/icm
 USER 10001:10001
 VOLUME ["/var/lib/icm"]
@@ -51,3 +54,7 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "/app/deploy/docker/healthcheck.py", "grpc-plaintext", "127.0.0.1:50053"]
 ENTRYPOINT ["icm", "edge"]
 CMD ["--help"]
+# The environment last, as the very last instruction: the largest layer, copied once (a
+# storage driver without copy-on-write, such as vfs, copies the whole file system for every
+# instruction after it).
+COPY --from=build /opt/venv /opt/venv
