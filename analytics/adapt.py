@@ -364,8 +364,8 @@ def train(cfg: AdaptConfig, stock_weights: str, data_yaml: Path,
 
     def account(trainer: Any = None) -> None:
         state["train_seconds"] = before + time.perf_counter() - t0
-        if trainer is not None:
-            state["epochs_done"] = int(trainer.epoch) + 1
+        if trainer is not None:  # (also called by the final validation: hence the min)
+            state["epochs_done"] = min(int(trainer.epoch) + 1, cfg.epochs)
         _save_state(cfg, state)
 
     if last.is_file():

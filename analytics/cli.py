@@ -27,6 +27,9 @@ def _configure(p: argparse.ArgumentParser) -> None:
                       help="folder of photos, scored against pseudo-ground-truth (repeatable)")
     data.add_argument("--coco8", action="append", default=[],
                       help="YOLO dataset folder with images/ and labels/ (ground truth)")
+    data.add_argument("--coco8-split", default="",
+                      help="only this split of every --coco8 folder (images/<split>), e.g. val "
+                           "when a detector under test was adapted on train (default: all)")
     data.add_argument("--frames", type=int, default=16,
                       help="video frames sampled per video (default 16)")
     data.add_argument("--frame-range", metavar="START:END", action="append", default=[],
@@ -124,10 +127,11 @@ def _run(args: argparse.Namespace) -> int:
     det_kw = {"weights_dir": args.detectors, "device": args.device, "conf": args.pred_conf,
               "imgsz": args.imgsz, "batch_size": args.batch, "max_det": 100}
     detectors = MultiDetector.load(models, **det_kw)
-    adapted = _adapted_models(args.adapted, detectors, bases, det_kw)
+    adapted, adapted_records = _adapted_models(args.adapted, detectors, bases, det_kw)
     names = detectors.detectors[0].names  # class names of the labels (COCO for all of ours)
-    sets += [load_labelled(f, n_img, names, max_side, name=Path(f).name or "labelled")
-             for f in args.coco8]
+    sets += [load_labelled(f, n_img, names, max_side, split=args.coco8_split or None,
+                           name=_set_name(f, "labelled", args.coco8_split)) for f in args.coco8]
+    _note_training_overlap(adapted_records, sets)
     seen: dict[str, int] = {}
     for s in sets:  # two folders with one name: keep both
         seen[s.name] = seen.get(s.name, 0) + 1
@@ -199,13 +203,48 @@ def _video_sets(videos: list[str], ranges_text: list[str], frames: int, max_side
             for v, r in zip(videos, ranges, strict=True)]
 
 
+def _set_name(folder: str, default: str, split: str = "") -> str:
+    name = Path(folder).name or default
+    return f"{name}-{split}" if split else name
+
+
+def _note_training_overlap(records: list, sets: list) -> None:
+    """Say where an adapted detector is evaluated on images it was trained on (its figures
+    there are not held out): same video and frame range, same photo folder, same YOLO split."""
+    from .data import parse_frame_range
+
+    for rec in records:
+        for s in sets:
+            src = Path(s.source).resolve() if s.source else None
+            for d in rec.data:
+                if src is None or Path(str(d.get("path", ""))).resolve() != src:
+                    continue
+                keys = {im.key for im in s.images}
+                if d.get("kind") == "video":
+                    fr = str(d.get("frame_range") or "")
+                    start, end = parse_frame_range(fr if fr != ":" else None) or (0, None)
+                    hit = any(start <= int(k.rsplit("#", 1)[1]) < (end or 1 << 62)
+                              for k in keys)
+                elif d.get("kind") == "yolo":
+                    root = src / "images" / str(d.get("split") or "")
+                    hit = any(f.name in keys for f in root.rglob("*") if f.is_file())
+                else:
+                    hit = True
+                if hit:
+                    print(f"note: {rec.id} was adapted on images of the set {s.name!r}: its "
+                          "figures there are not held out (use --frame-range / --coco8-split "
+                          "to evaluate on other images)")
+                    break
+
+
 def _adapted_models(paths: list[str] | None, detectors: Any, bases: list[Path],
-                    det_kw: dict[str, Any]) -> dict:
+                    det_kw: dict[str, Any]) -> tuple[dict, list]:
     """Adapted detectors to compare (added to ``detectors``), with their stock sources.
 
     ``paths`` None: the installed ones adapted from one of the models to one of the bases.
     A source missing from the models is added; one whose weights differ from what the record
-    names is an error (the comparison would be against other weights).
+    names is an error (the comparison would be against other weights). Returns the models and
+    their records.
     """
     from icm_codec import load_package
 
@@ -239,7 +278,7 @@ def _adapted_models(paths: list[str] | None, detectors: Any, bases: list[Path],
         detectors.detectors.append(Detector(ad.weights, name=ad.id, weights_id=ad.id,
                                             adapted=True, **det_kw))
         out[ad.id] = AdaptedModel(rec.source_name, tuple(rec.base_digests))
-    return out
+    return out, [ad.record for ad in found]
 
 
 # -- icm adapt-detector ----------------------------------------------------------------------
@@ -363,16 +402,17 @@ def _adapt(args: argparse.Namespace) -> int:
                for s, v, r in zip(videos, args.video, ranges, strict=True)]
     sources += [Source(load_photos(f, n_img, max_side, name=Path(f).name or "photos"),
                        "photos", {"path": f}) for f in args.photos]
-    sources += [Source(load_labelled(f, n_img, names, max_side, name=Path(f).name or "yolo",
-                                     split=args.yolo_split or None),
+    sources += [Source(load_labelled(f, n_img, names, max_side, split=args.yolo_split or None,
+                                     name=_set_name(f, "yolo", args.yolo_split)),
                        "yolo", {"path": f, "split": args.yolo_split}) for f in args.yolo]
     n_ev = args.eval_images or None
     evals = _video_sets(args.eval_video, args.eval_frame_range, args.eval_frames, max_side,
                         "--eval-frame-range")
     evals += [load_photos(f, n_ev, max_side, name=Path(f).name or "photos")
               for f in args.eval_photos]
-    evals += [load_labelled(f, n_ev, names, max_side, name=Path(f).name or "labelled",
-                            split=args.eval_yolo_split or None) for f in args.eval_yolo]
+    evals += [load_labelled(f, n_ev, names, max_side, split=args.eval_yolo_split or None,
+                            name=_set_name(f, "labelled", args.eval_yolo_split))
+              for f in args.eval_yolo]
     if not evals:
         print("note: no --eval-* data: the record will carry no measured accuracy")
     cfg = AdaptConfig(

@@ -134,9 +134,10 @@ def test_adaptation_resumes_after_a_kill_and_writes_weights_and_record(adapted_r
     assert ds["source_images"] == 5 and ds["val_images"] >= 1 and ds["train_images"] >= 3
     assert 0.01 < ds["mean_bpp"][base.config.model_id] < 2
     labels = {d["set"]: d["labels"] for d in rec["data"]}
-    assert labels["coco8"] == "ground truth" and labels["vtest@0-715"].startswith("pseudo")
+    assert labels["coco8-train"] == "ground truth"
+    assert labels["vtest@0-715"].startswith("pseudo")
     acc = rec["accuracy"]["sets"]
-    assert set(acc) == {"vtest@715-795", "coco8"}
+    assert set(acc) == {"vtest@715-795", "coco8-val"}
     # pseudo-ground-truth from the stock detector: it scores 1 on the original frame
     assert acc["vtest@715-795"]["box"]["original"]["stock"] == pytest.approx(1.0)
     for per_view in acc.values():
@@ -353,7 +354,7 @@ def test_cloud_picks_weights_by_the_base_layers_digest(adapted_run, shared_dir, 
                          + re.escape(weights) + r'"\} 1\.0', metrics), metrics
 
 
-def test_eval_machine_compares_stock_and_adapted(adapted_run, shared_dir, tmp_path):
+def test_eval_machine_compares_stock_and_adapted(adapted_run, shared_dir, tmp_path, capsys):
     from analytics.codecs import installed_enhancements
 
     rec = adapted_run["record"]
@@ -363,13 +364,20 @@ def test_eval_machine_compares_stock_and_adapted(adapted_run, shared_dir, tmp_pa
     out = tmp_path / "machine"
     rc = main(["eval-machine", "--video", str(shared_dir / "data/video/vtest.avi"),
                "--frame-range", "715:", "--frames", "1", "--max-side", "256",
+               "--coco8", str(shared_dir / "data/coco8"), "--coco8-split", "train",
+               "--images", "1",
                "--detectors", str(shared_dir / "assets/detectors"), "--models", "yolo26n",
                "--base", str(base), "--enhancement", *map(str, enh), "--adapted", str(pt),
                "--qualities", "JPEG=50", "WebP=", "AVIF=", "--out", str(out), "--threads",
                "1", "--no-progress"])
     assert rc == 0
-    res = json.loads((out / "machine.json").read_text())
+    printed = capsys.readouterr().out
     m = rec["id"]
+    # evaluated on a COCO8 image it was trained on: said, for that set only
+    assert f"note: {m} was adapted on images of the set 'coco8-train'" in printed
+    assert "'vtest@715-795'" not in printed
+    res = json.loads((out / "machine.json").read_text())
+    assert res["sets"]["coco8-train"]["reference"] == "labels"
     assert res["settings"]["models"] == ["yolo26n", "yolo11n", m]  # its source was added
     assert res["models"][m]["adapted_from"] == "yolo11n"
     jpeg = next(p for p in res["points"] if p["codec"] == "JPEG")
