@@ -20,7 +20,7 @@ from .sessions import EnhancementUnavailableError, SessionRegistry
 from .storage import FrameQuery, FrameRow, Store
 from .thumbnails import jpeg_thumbnail
 
-__all__ = ["AnalystServicer", "DetectionHub", "frame_message", "png_bytes"]
+__all__ = ["AnalystServicer", "DetectionHub", "enhancement_state", "frame_message", "png_bytes"]
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -31,11 +31,28 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def frame_message(row: FrameRow, thumbnail: bytes | None = None) -> pb.FrameRecord:
+def enhancement_state(row: FrameRow, camera: tuple[str, int, str] | None) -> int:
+    """Whether a human view of ``row`` can be had; ``camera``: (current epoch, oldest edge frame
+    id the edge keeps, enhancement model id), as the edge last reported them."""
+    if row.human_view_cached:
+        return pb.ENHANCEMENT_CACHED
+    if camera is None or not camera[1]:
+        return pb.ENHANCEMENT_UNKNOWN
+    epoch, retained_from, enhancement_model = camera
+    if not enhancement_model:
+        return pb.ENHANCEMENT_UNSUPPORTED
+    if row.epoch != epoch or row.edge_frame_id < retained_from:
+        return pb.ENHANCEMENT_EXPIRED
+    return pb.ENHANCEMENT_AT_EDGE
+
+
+def frame_message(row: FrameRow, enhancement: int = 0, thumbnail: bytes | None = None
+                  ) -> pb.FrameRecord:
     return pb.FrameRecord(
         camera_id=row.camera_id, frame_id=row.frame_id, capture_time_us=row.capture_us,
         arrival_time_us=row.arrival_us, stored_time_us=row.stored_us,
         base_bytes=row.base_bytes, bpp=row.bpp, width=row.width, height=row.height,
+        edge_epoch=row.epoch, edge_frame_id=row.edge_frame_id, enhancement=enhancement,
         detections=[pb.Detection(class_id=int(d.get("class_id", -1)),
                                  class_name=str(d.get("class_name", "")),
                                  score=float(d.get("score", 0.0)),
@@ -104,6 +121,8 @@ class AnalystServicer(pb_grpc.AnalystServicer):
                with_layer: bool = False) -> FrameRow:
         if not camera_id or frame_id <= 0:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "camera_id and frame_id are needed")
+        if frame_id >= 1 << 62:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"frame_id {frame_id} out of range")
         row = self.store.frame(camera_id, frame_id, with_layer=with_layer)
         if row is None:
             context.abort(grpc.StatusCode.NOT_FOUND,
@@ -115,6 +134,18 @@ class AnalystServicer(pb_grpc.AnalystServicer):
             context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                           "this cloud runs without a codec (--decoder noop): no images")
         return self.decoder  # type: ignore[return-value]
+
+    def _camera_states(self, live_only: bool = False) -> dict[str, tuple[str, int, str]]:
+        """What each camera's edge keeps: the database's record, overridden by live streams."""
+        states = {} if live_only else self.store.camera_epochs()
+        for s in self.sessions.all():
+            states[s.camera_id] = (s.epoch, s.retained_from, s.hello.enhancement_model_id)
+        return states
+
+    def _record(self, row: FrameRow, states: dict[str, tuple[str, int, str]] | None = None,
+                thumbnail: bytes | None = None) -> pb.FrameRecord:
+        states = self._camera_states() if states is None else states
+        return frame_message(row, enhancement_state(row, states.get(row.camera_id)), thumbnail)
 
     def ListCameras(self, request, context):
         live = {s.camera_id: s for s in self.sessions.all()}
@@ -177,8 +208,9 @@ class AnalystServicer(pb_grpc.AnalystServicer):
         rows = self.store.with_analysis(self.store.frames(q))
         thumbs = (self.store.thumbnails([(r.camera_id, r.frame_id) for r in rows])
                   if request.include_thumbnails else {})
+        states = self._camera_states()
         return pb.ListFramesResponse(frames=[
-            frame_message(r, thumbs.get((r.camera_id, r.frame_id))) for r in rows])
+            self._record(r, states, thumbs.get((r.camera_id, r.frame_id))) for r in rows])
 
     def GetFrame(self, request, context):
         row = self._frame(request.camera_id, request.frame_id, context,
@@ -193,7 +225,7 @@ class AnalystServicer(pb_grpc.AnalystServicer):
                 image = self._decoder(context).decode([row.base_layer])[0].image
                 thumb = jpeg_thumbnail(image)
                 self.store.put_thumbnail(row.camera_id, row.frame_id, thumb)
-        resp = pb.GetFrameResponse(frame=frame_message(row, thumb),
+        resp = pb.GetFrameResponse(frame=self._record(row, thumbnail=thumb),
                                    human_view_cached=self.store.has_human_view(
                                        row.camera_id, row.frame_id))
         if request.include_image:
@@ -223,11 +255,24 @@ class AnalystServicer(pb_grpc.AnalystServicer):
             context.abort(grpc.StatusCode.UNAVAILABLE,
                           f"camera {row.camera_id!r} is offline: its enhancement layers are at "
                           "the edge")
+        if session.epoch != row.epoch:  # type: ignore[union-attr]
+            self.metrics.enhancement_requests.labels("not_retained").inc()
+            context.abort(grpc.StatusCode.NOT_FOUND,
+                          f"frame {row.frame_id} was captured under an earlier spool of camera "
+                          f"{row.camera_id!r} (epoch {row.epoch!r}), which the edge no longer "
+                          "has: its enhancement data is no longer retained")
+        silent = session.silent_for()  # type: ignore[union-attr]
+        if session.heartbeat_s and silent > 2 * session.heartbeat_s:  # type: ignore[union-attr]
+            self.metrics.enhancement_requests.labels("camera_offline").inc()
+            context.abort(grpc.StatusCode.UNAVAILABLE,
+                          f"camera {row.camera_id!r} has been silent for {silent:.1f} s "
+                          "(network partition?): its enhancement layers are at the edge")
         remaining = context.time_remaining()
         timeout = min(self.enhancement_timeout_s, remaining if remaining else 1e9)
         t0 = time.perf_counter()
         try:
-            layer = session.request_enhancement(row.frame_id, timeout)  # type: ignore[union-attr]
+            layer = session.request_enhancement(  # type: ignore[union-attr]
+                row.edge_frame_id, timeout)
         except TimeoutError as e:
             self.metrics.enhancement_requests.labels("timeout").inc()
             context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(e))
@@ -243,7 +288,7 @@ class AnalystServicer(pb_grpc.AnalystServicer):
             self.metrics.enhancement_requests.labels("bad_layer").inc()
             context.abort(grpc.StatusCode.DATA_LOSS, f"the edge sent an unusable layer: {e}")
         png = png_bytes(image)
-        self.store.put_human_view(row.camera_id, row.frame_id, png, len(layer))
+        self.store.put_human_view(row.camera_id, row.frame_id, png, len(layer), row.capture_us)
         self.metrics.enhancement_requests.labels("decoded").inc()
         self.metrics.enhancement_seconds.observe(time.perf_counter() - t0)
         return self._human_response(row, png, len(layer), cached=False)
@@ -280,8 +325,9 @@ class AnalystServicer(pb_grpc.AnalystServicer):
                     row = q.get(timeout=0.5)
                 except queue.Empty:
                     continue
-                yield pb.FrameDetections(frame=frame_message(
-                    row, row.thumbnail if request.include_thumbnails else None))
+                yield pb.FrameDetections(frame=self._record(
+                    row, self._camera_states(True),
+                    row.thumbnail if request.include_thumbnails else None))
         finally:
             self.hub.unsubscribe(q)
 

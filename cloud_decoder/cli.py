@@ -19,8 +19,9 @@ def _list(value: str | None) -> list[str]:
 
 # -- icm cloud -------------------------------------------------------------------------------
 def _cloud_configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--listen", default=env_default("ICM_LISTEN", "0.0.0.0:50051"),
-                   help="address for edges (and analysts) [$ICM_LISTEN]")
+    p.add_argument("--listen", default=env_default("ICM_LISTEN", "127.0.0.1:50051"),
+                   help="address for edges (and analysts); a non-loopback address needs TLS "
+                        "(or --insecure) [$ICM_LISTEN]")
     p.add_argument("--analyst-listen", default=env_default("ICM_ANALYST_LISTEN", ""),
                    help="separate analyst address (TLS without client certificates)")
     p.add_argument("--db", default=env_default("ICM_CLOUD_DB", "cloud-data/cloud.sqlite3"),
@@ -53,7 +54,32 @@ def _cloud_configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--advertise", default=env_default("ICM_ADVERTISE", ""),
                    help="analyst address other cloud instances use to reach this one (several "
                         "instances on one PostgreSQL database) [$ICM_ADVERTISE]")
+    p.add_argument("--insecure", action="store_true", default=_flag("ICM_INSECURE"),
+                   help="allow plaintext edge streams and an analyst API without a token on "
+                        "non-loopback addresses (refused otherwise) [$ICM_INSECURE]")
+    p.add_argument("--heartbeat-s", type=float, default=2.0,
+                   help="edges send a heartbeat this often when idle; a stream silent for 5 "
+                        "intervals is closed (default 2)")
+    r = p.add_argument_group("retention per camera (0: unbounded; oldest first, every minute)")
+    r.add_argument("--frame-retention-s", type=float,
+                   default=float(env_default("ICM_FRAME_RETENTION_S", "0")),
+                   help="delete frames captured longer ago [$ICM_FRAME_RETENTION_S]")
+    r.add_argument("--max-camera-frames-mb", type=float,
+                   default=float(env_default("ICM_MAX_CAMERA_FRAMES_MB", "0")),
+                   help="base-layer megabytes kept per camera [$ICM_MAX_CAMERA_FRAMES_MB]")
+    r.add_argument("--human-view-retention-s", type=float,
+                   default=float(env_default("ICM_HUMAN_VIEW_RETENTION_S", "0")),
+                   help="drop cached human views of frames captured longer ago "
+                        "[$ICM_HUMAN_VIEW_RETENTION_S]")
+    r.add_argument("--max-camera-human-views-mb", type=float,
+                   default=float(env_default("ICM_MAX_CAMERA_HUMAN_VIEWS_MB", "0")),
+                   help="cached human-view megabytes kept per camera "
+                        "[$ICM_MAX_CAMERA_HUMAN_VIEWS_MB]")
     add_common_flags(p, 9100)
+
+
+def _flag(name: str) -> bool:
+    return (env_default(name, "") or "").strip().lower() in ("1", "true", "yes", "on")
 
 
 @command("cloud", "run the cloud decoder: ingest base layers, analytics, analyst API",
@@ -77,9 +103,12 @@ def _cloud(args: argparse.Namespace) -> int:
                       mtls=not args.no_mtls, metrics_port=metrics_port(args),
                       max_batch=args.max_batch, instance=args.instance,
                       thumbnail_width=args.thumbnail_width,
-                      advertise=args.advertise,
-                      threads=args.threads, adapted_dirs=args.adapted,
-                      use_adapted=not args.no_adapted))
+                      advertise=args.advertise, threads=args.threads, insecure=args.insecure,
+                      heartbeat_s=args.heartbeat_s, frame_retention_s=args.frame_retention_s,
+                      max_camera_frames_mb=args.max_camera_frames_mb,
+                      human_view_retention_s=args.human_view_retention_s,
+                      max_camera_human_views_mb=args.max_camera_human_views_mb,
+                      adapted_dirs=args.adapted, use_adapted=not args.no_adapted))
     return 0
 
 
@@ -109,6 +138,13 @@ def _analyst_configure(p: argparse.ArgumentParser) -> None:
     s.add_argument("camera")
     s.add_argument("--base-model", default="", help="switch the base rate point")
     s.add_argument("--fps", type=float, default=0.0)
+
+
+def _human_state(frame) -> str:
+    """FrameRecord.enhancement in words: can a human view of this frame be had?"""
+    from icm_rpc import pb
+
+    return pb.EnhancementState.Name(frame.enhancement).removeprefix("ENHANCEMENT_").lower()
 
 
 def _dets(frame) -> str:
@@ -150,6 +186,7 @@ def _analyst(args: argparse.Namespace) -> int:
         elif args.action == "frame":
             r = client.frame(args.camera, args.frame_id, image=bool(args.output))
             print(json.dumps({"frame_id": r.frame.frame_id, "bpp": r.frame.bpp,
+                              "human_view": _human_state(r.frame),
                               "base_model_id": r.frame.base_model_id,
                               "analysed_by": [[a.model, a.weights, a.adapted]
                                               for a in r.frame.analysed_by],

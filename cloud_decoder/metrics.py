@@ -47,5 +47,17 @@ class CloudMetrics:
                                      registry=r)
         self.queue_frames = Gauge("icm_cloud_queue_frames", "Frames waiting for decode",
                                   registry=r)
+        self.database_up = Gauge("icm_cloud_database_up", "1 while the database answers "
+                                 "(ingest pauses while it is 0)", registry=r)
+        self.database_errors = Counter("icm_cloud_database_errors", "Database operations that "
+                                       "failed because the database was unavailable",
+                                       registry=r)
+        self.protocol_errors = Counter("icm_cloud_protocol_errors", "Edge streams ended or "
+                                       "messages dropped for breaking the EdgeLink protocol",
+                                       ["reason"], registry=r)
+        self.silent_streams = Counter("icm_cloud_silent_streams", "Edge streams closed after "
+                                      "the edge went silent (missed heartbeats)", registry=r)
+        self.retention_deleted = Counter("icm_cloud_retention_deleted", "Rows deleted by the "
+                                         "retention bounds", ["kind"], registry=r)
         self.errors = Counter("icm_cloud_rpc_errors", "RPCs that ended with an error status",
                               ["method", "code"], registry=r)

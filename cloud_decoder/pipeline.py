@@ -3,6 +3,11 @@ across cameras) -> detectors -> one database transaction -> cumulative acks.
 
 One worker thread keeps each camera's frames in order, so an ack for frame *n* means every
 frame up to *n* is stored (or rejected): the edge may drop them from its spool.
+
+While the database is away (:class:`~cloud_decoder.storage.StoreUnavailableError`) the worker
+keeps the batch it has decoded and retries its commit with backoff: nothing is acked, the
+queue fills, the streams feel back-pressure and the edges keep spooling; when the database
+answers again the batch commits and ingest goes on by itself.
 """
 
 from __future__ import annotations
@@ -15,11 +20,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from icm_rpc import pb
+from icm_rpc.backoff import Backoff
 
 from .decoders import NoopDecoder, RejectedLayerError
 from .metrics import CloudMetrics
 from .sessions import EdgeSession
-from .storage import FrameRow, Store
+from .storage import FrameRow, Store, StoreUnavailableError
+from .store_monitor import StoreMonitor
 from .thumbnails import THUMBNAIL_WIDTH, jpeg_thumbnail
 
 __all__ = ["IngestItem", "IngestPipeline", "now_us"]
@@ -52,8 +59,10 @@ class IngestPipeline:
     def __init__(self, store: Store, decoder: NoopDecoder, detectors: Sequence,
                  metrics: CloudMetrics, *, max_batch: int = 32, max_queue: int = 4096,
                  on_stored: Callable[[FrameRow], None] | None = None,
-                 thumbnail_width: int = THUMBNAIL_WIDTH) -> None:
+                 thumbnail_width: int = THUMBNAIL_WIDTH,
+                 monitor: StoreMonitor | None = None) -> None:
         self.store = store
+        self.monitor = monitor
         self.decoder = decoder
         self.detectors = list(detectors)
         self.metrics = metrics
@@ -73,10 +82,20 @@ class IngestPipeline:
         self._stop.set()
         self._thread.join(timeout)
 
-    def submit(self, item: IngestItem) -> None:
-        """Blocks when the queue is full: back-pressure onto the edge's stream."""
-        self._queue.put(item)
+    def submit(self, item: IngestItem) -> bool:
+        """Blocks while the queue is full: back-pressure onto the edge's stream. False when
+        the stream closed (or the pipeline stopped) meanwhile: the frame was not taken, and
+        the edge re-sends it."""
+        while True:
+            try:
+                self._queue.put(item, timeout=0.25)
+                break
+            except queue.Full:
+                if item.session.closed.is_set() or self._stop.is_set():
+                    return False
+        item.session.add_in_flight(1)
         self.metrics.queue_frames.set(self._queue.qsize())
+        return True
 
     def _take(self) -> list[IngestItem]:
         try:
@@ -100,6 +119,13 @@ class IngestPipeline:
                 continue
             try:
                 self.process(items)
+            except StoreUnavailableError:
+                # stopping while the database is away: not stored, not acked; the edges
+                # re-send these frames to whichever instance they reach next
+                log.warning("stopping with the database away: %d frames left unacked",
+                            len(items))
+                for session in {id(it.session): it.session for it in items}.values():
+                    session.close()
             except Exception:
                 # never lose the worker, never ack what is not stored: end those streams, so
                 # their edges reconnect and re-send every unacked frame
@@ -107,6 +133,34 @@ class IngestPipeline:
                               len(items))
                 for session in {id(it.session): it.session for it in items}.values():
                     session.close()
+            finally:
+                for it in items:
+                    it.session.add_in_flight(-1)
+
+    def _store_call(self, fn: Callable[[], object]) -> object:
+        """``fn()``, retried with backoff while the database is unavailable; gives up (raises)
+        only when the pipeline stops."""
+        backoff = Backoff(initial=0.2, maximum=5.0)
+        while True:
+            try:
+                result = fn()
+            except StoreUnavailableError as e:
+                if self.monitor is not None:
+                    self.monitor.report(False, str(e))
+                if self._stop.wait(backoff.next_delay()):
+                    raise
+                continue
+            if self.monitor is not None:
+                self.monitor.report(True)
+            return result
+
+    def _already_stored(self, items: Sequence[IngestItem]) -> set[tuple[str, int]]:
+        by_camera: dict[str, list[int]] = {}
+        for it in items:
+            by_camera.setdefault(it.session.camera_id, []).append(
+                it.session.cloud_id(it.frame.frame_id))
+        return {(cam, fid) for cam, ids in by_camera.items()
+                for fid in self.store.stored_ids(cam, ids)}
 
     # -- one batch -----------------------------------------------------------------------------
     def _reject(self, it: IngestItem, reason: str) -> None:
@@ -120,8 +174,9 @@ class IngestPipeline:
         m = self.metrics
         m.batch_frames.observe(len(items))
         todo: list[IngestItem] = []
+        stored = self._store_call(lambda: self._already_stored(items))
         for it in items:
-            if self.store.has_frame(it.session.camera_id, it.frame.frame_id):
+            if (it.session.camera_id, it.session.cloud_id(it.frame.frame_id)) in stored:
                 m.duplicates.inc()
                 continue
             try:
@@ -130,7 +185,7 @@ class IngestPipeline:
             except RejectedLayerError as e:
                 self._reject(it, str(e))
         rows = self._analyse(todo)
-        new = self.store.add_frames(rows)
+        new = self._store_call(lambda: self.store.add_frames(rows)) if rows else []
         stored_us = now_us()
         for row, is_new in zip(rows, new, strict=True):
             if not is_new:
@@ -191,11 +246,13 @@ class IngestPipeline:
             h = dec.header  # type: ignore[attr-defined]
             n = len(it.frame.layer)
             rows.append(FrameRow(
-                camera_id=it.session.camera_id, frame_id=it.frame.frame_id,
+                camera_id=it.session.camera_id,
+                frame_id=it.session.cloud_id(it.frame.frame_id),
                 capture_us=it.frame.capture_time_us or it.arrival_us, arrival_us=it.arrival_us,
                 stored_us=now_us(), width=h.width, height=h.height, base_bytes=n,
                 bpp=8.0 * n / max(1, h.width * h.height), detections=dets,
-                base_layer=bytes(it.frame.layer),
+                base_layer=bytes(it.frame.layer), epoch=it.session.epoch,
+                edge_frame_id=it.frame.frame_id,
                 thumbnail=None if dec.image is None or not self.thumbnail_width
                 else jpeg_thumbnail(dec.image, self.thumbnail_width),
                 base_model_id=h.model_id, base_digest=h.model_digest.hex(), analysed_by=runs))

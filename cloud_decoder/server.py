@@ -9,15 +9,24 @@ checking and reflection, Prometheus ``/metrics``.
 
 Shutdown (SIGTERM): health flips to NOT_SERVING, edge streams are closed (edges reconnect
 elsewhere and re-send what was not acked), queued frames are finished and committed.
+
+Secure defaults: a cloud refuses to take edge streams on a non-loopback address without TLS, and
+to serve the analyst API there without a token, unless ``insecure`` is set (``--insecure``): the
+operator says so explicitly. Loopback (the demo, tests) needs neither.
+
+Health: NOT_SERVING while the database is away (ingest pauses, see ``store_monitor``) and while
+shutting down.
 """
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import logging
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -29,6 +38,7 @@ from grpc_reflection.v1alpha import reflection
 from icm_rpc import pb_grpc
 from icm_rpc.channels import MAX_MESSAGE_BYTES
 from icm_rpc.metrics import MetricsServer
+from icm_rpc.protos import Undecodable, lenient
 from icm_rpc.tls import TLSFiles, server_credentials
 
 from .analyst import AnalystServicer, DetectionHub
@@ -36,11 +46,12 @@ from .decoders import CodecDecoder, NoopDecoder
 from .edge_link import EdgeLinkServicer
 from .forwarding import Forwarder
 from .metrics import CloudMetrics
-from .pipeline import IngestPipeline
+from .pipeline import IngestPipeline, now_us
 from .sessions import SessionRegistry
-from .storage import Store, open_store
+from .storage import RetentionPolicy, Store, StoreUnavailableError, open_store
+from .store_monitor import StoreMonitor
 
-__all__ = ["CloudConfig", "CloudServer", "serve"]
+__all__ = ["CloudConfig", "CloudServer", "InsecureConfigError", "is_loopback", "serve"]
 
 log = logging.getLogger("icm.cloud")
 ANALYST_PREFIX = "/icm.v1.Analyst/"
@@ -49,7 +60,7 @@ SERVICE_NAMES = ("icm.v1.EdgeLink", "icm.v1.Analyst")
 
 @dataclass
 class CloudConfig:
-    listen: str = "0.0.0.0:50051"
+    listen: str = "127.0.0.1:50051"
     analyst_listen: str = ""          # a second port for analysts (TLS without client certs)
     db: str = "cloud.sqlite3"         # SQLite path / sqlite:/// URL, or postgresql://...
     decoder: str = "codec"            # codec | noop (service-overhead benchmark)
@@ -71,10 +82,65 @@ class CloudConfig:
     max_workers: int = 128
     threads: int = 0
     thumbnail_width: int = 256        # JPEG thumbnail kept per frame for the console (0: none)
+    insecure: bool = False            # allow plaintext / no token on non-loopback addresses
+    heartbeat_s: float = 2.0          # edges that support it send one this often when idle
+    hello_timeout_s: float = 10.0     # a stream without a Hello by then is ended
+    db_check_s: float = 2.0           # database probe interval (health, ingest pause)
+    # retention, per camera (0: unbounded); swept every retention_interval_s
+    frame_retention_s: float = 0.0
+    max_camera_frames_mb: float = 0.0
+    human_view_retention_s: float = 0.0
+    max_camera_human_views_mb: float = 0.0
+    retention_interval_s: float = 60.0
     # Detectors adapted to machine images (analytics.adapted): folders searched before
     # $ICM_ADAPTED_PATH and the shipped ones; use_adapted=False serves the stock weights only.
     adapted_dirs: list[str] = field(default_factory=list)
     use_adapted: bool = True
+
+    @property
+    def retention(self) -> RetentionPolicy:
+        return RetentionPolicy(self.frame_retention_s, int(self.max_camera_frames_mb * 2**20),
+                               self.human_view_retention_s,
+                               int(self.max_camera_human_views_mb * 2**20))
+
+
+class InsecureConfigError(ValueError):
+    """Plaintext edge streams or an open analyst API on an address others can reach."""
+
+
+def is_loopback(address: str) -> bool:
+    """Whether a listen address (``host:port``, ``[v6]:port``, ``unix:path``) is reachable
+    from this machine only."""
+    if address.startswith(("unix:", "unix-abstract:")):
+        return True
+    host = address.rsplit(":", 1)[0] if ":" in address else address
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # 0.0.0.0 is an address too (not loopback); names other than localhost
+
+
+def check_exposure(c: CloudConfig) -> None:
+    """Refuse what would expose the service without protection (see the module docstring)."""
+    if c.insecure:
+        if not (c.tls.enabled and c.analyst_token) and not (
+                is_loopback(c.listen) and is_loopback(c.analyst_listen or c.listen)):
+            log.warning("--insecure: plaintext streams or an analyst API without a token on "
+                        "%s%s", c.listen, f" / {c.analyst_listen}" if c.analyst_listen else "")
+        return
+    hint = "; or pass --insecure (ICM_INSECURE=1) to accept this explicitly"
+    if not c.tls.enabled and not is_loopback(c.listen):
+        raise InsecureConfigError(
+            f"refusing to take edge streams on {c.listen} without TLS: give --tls-cert, "
+            f"--tls-key and --tls-ca (see `icm certs`), or listen on 127.0.0.1{hint}")
+    analyst = c.analyst_listen or c.listen
+    if not c.analyst_token and not is_loopback(analyst):
+        raise InsecureConfigError(
+            f"refusing to serve the analyst API on {analyst} without a token: set "
+            f"ICM_ANALYST_TOKEN{hint}")
 
 
 class _Guard(grpc.ServerInterceptor):
@@ -109,19 +175,36 @@ class _Guard(grpc.ServerInterceptor):
             if name != "OK":
                 metrics.errors.labels(short, name).inc()
 
+        def unavailable(ctx: grpc.ServicerContext, e: StoreUnavailableError) -> None:
+            metrics.errors.labels(short, "UNAVAILABLE").inc()
+            ctx.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+
+        def undecodable(ctx: grpc.ServicerContext, req: Undecodable) -> None:
+            metrics.errors.labels(short, "INVALID_ARGUMENT").inc()
+            ctx.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                      f"the request does not parse as a {short} request: {req.error}")
+
         def wrap(behavior: Callable, streaming_out: bool) -> Callable:
             if streaming_out:
                 def gen(req, ctx):
+                    if isinstance(req, Undecodable):
+                        undecodable(ctx, req)
                     try:
                         yield from behavior(req, ctx)
+                    except StoreUnavailableError as e:
+                        unavailable(ctx, e)
                     except Exception:
                         count(ctx)
                         raise
                 return gen
 
             def unary(req, ctx):
+                if isinstance(req, Undecodable):
+                    undecodable(ctx, req)
                 try:
                     return behavior(req, ctx)
+                except StoreUnavailableError as e:
+                    unavailable(ctx, e)
                 except Exception:
                     count(ctx)
                     raise
@@ -138,8 +221,9 @@ def _aborter(code: grpc.StatusCode, message: str) -> Callable:
 
 
 def _replace(handler: grpc.RpcMethodHandler, w: Callable) -> grpc.RpcMethodHandler:
-    """The same method with its behaviour passed through ``w(behavior, streaming_out)``."""
-    kw = {"request_deserializer": handler.request_deserializer,
+    """The same method with its behaviour passed through ``w(behavior, streaming_out)``, and
+    requests that do not parse handed over as :class:`Undecodable`."""
+    kw = {"request_deserializer": lenient(handler.request_deserializer),
           "response_serializer": handler.response_serializer}
     if handler.unary_unary:
         return grpc.unary_unary_rpc_method_handler(w(handler.unary_unary, False), **kw)
@@ -189,6 +273,7 @@ class CloudServer:
             torch.set_num_threads(c.threads)
         if c.decoder not in ("codec", "noop"):
             raise ValueError(f"decoder must be codec or noop, got {c.decoder!r}")
+        check_exposure(c)
         self.metrics = CloudMetrics()
         self.metrics_server = MetricsServer(self.metrics.registry, c.metrics_port)
         self.store = store or open_store(c.db)
@@ -199,17 +284,21 @@ class CloudServer:
             self.detectors = []
         self.sessions = SessionRegistry()
         self.hub = DetectionHub()
+        self.health = health.HealthServicer()
+        self.monitor = StoreMonitor(self.store, self.metrics, interval_s=c.db_check_s,
+                                    on_change=self._set_serving)
         self.pipeline = IngestPipeline(self.store, self.decoder, self.detectors, self.metrics,
                                        max_batch=c.max_batch, on_stored=self.hub.publish,
-                                       thumbnail_width=c.thumbnail_width)
-        self.health = health.HealthServicer()
+                                       thumbnail_width=c.thumbnail_width, monitor=self.monitor)
         self.server = grpc.server(
             ThreadPoolExecutor(c.max_workers, thread_name_prefix="cloud-rpc"),
             interceptors=[_Guard(c.analyst_token, self.metrics)],
             options=[("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                      ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                      ("grpc.keepalive_permit_without_calls", 1),
-                     ("grpc.http2.min_ping_interval_without_data_ms", 10_000)],
+                     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+                     # pings find dead transports of edges that send no heartbeats
+                     ("grpc.keepalive_time_ms", 30_000), ("grpc.keepalive_timeout_ms", 10_000)],
             maximum_concurrent_rpcs=c.max_workers - 4)
         self.port = self._bind(c.listen, c.mtls)
         self.analyst_port = self._bind(c.analyst_listen, False) if c.analyst_listen else self.port
@@ -218,17 +307,22 @@ class CloudServer:
         self.forwarder = Forwarder(self.instance, c.tls,
                                    default_timeout_s=c.enhancement_timeout_s + 5)
         self.store.mark_instance_offline(self.instance)
-        pb_grpc.add_EdgeLinkServicer_to_server(EdgeLinkServicer(
+        self.edge_link = EdgeLinkServicer(
             self.store, self.pipeline, self.sessions, self.metrics, instance=self.instance,
-            require_identity=c.tls.enabled and c.mtls), self.server)
+            require_identity=c.tls.enabled and c.mtls, heartbeat_s=c.heartbeat_s,
+            hello_timeout_s=c.hello_timeout_s)
+        pb_grpc.add_EdgeLinkServicer_to_server(self.edge_link, self.server)
         pb_grpc.add_AnalystServicer_to_server(AnalystServicer(
             self.store, self.sessions, self.decoder if c.decoder == "codec" else None,  # type: ignore[arg-type]
             self.hub, self.metrics, enhancement_timeout_s=c.enhancement_timeout_s,
             forwarder=self.forwarder), self.server)
+        self._housekeeping = threading.Thread(target=self._housekeep, name="cloud-housekeeping",
+                                              daemon=True)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
         self._stopped = threading.Event()
+        self._stopping = False
 
     def _bind(self, address: str, mtls: bool) -> int:
         c = self.config
@@ -240,6 +334,41 @@ class CloudServer:
             raise OSError(f"cannot listen on {address}")
         return port
 
+    def _set_serving(self, serving: bool) -> None:
+        if self._stopped.is_set() or self._stopping:
+            return
+        status = (health_pb2.HealthCheckResponse.SERVING if serving
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        for name in ("", *SERVICE_NAMES):
+            self.health.set(name, status)
+
+    def _housekeep(self) -> None:
+        """Close streams of silent edges (every 0.5 s) and apply retention (every
+        ``retention_interval_s``)."""
+        policy = self.config.retention
+        next_sweep = time.monotonic()
+        while not self._stopped.wait(0.5):
+            try:
+                self.edge_link.reap_silent()
+                if policy.enabled and time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + self.config.retention_interval_s
+                    self.apply_retention()
+            except StoreUnavailableError as e:
+                self.monitor.report(False, str(e))
+            except Exception:
+                log.exception("housekeeping failed")
+
+    def apply_retention(self) -> dict[str, int]:
+        """Delete what is over the per-camera retention bounds now; returns counts."""
+        counts = self.store.apply_retention(self.config.retention, now_us())
+        for kind, n in counts.items():
+            if n:
+                self.metrics.retention_deleted.labels(kind).inc(n)
+        if any(counts.values()):
+            log.info("retention: deleted %d frames and %d cached human views",
+                     counts["frames"], counts["human_views"])
+        return counts
+
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> CloudServer:
         self.pipeline.start()
@@ -247,22 +376,28 @@ class CloudServer:
         self.server.start()
         for name in ("", *SERVICE_NAMES):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.monitor.start()
+        self._housekeeping.start()
         log.info("cloud %s listening on port %d (analysts: %d, metrics: %s)", self.instance,
                  self.port, self.analyst_port, self.metrics_server.port)
         return self
 
     def stop(self, grace: float = 5.0) -> None:
-        if self._stopped.is_set():
+        if self._stopped.is_set() or self._stopping:
             return
+        self._stopping = True
         self.health.enter_graceful_shutdown()
+        self.monitor.stop()
         for s in self.sessions.all():
             s.close()
         self.server.stop(grace).wait(grace + 1)
         self.pipeline.stop()
         self.forwarder.close()
         self.metrics_server.stop()
-        self.store.close()
         self._stopped.set()
+        if self._housekeeping.is_alive():
+            self._housekeeping.join(10)
+        self.store.close()
 
     def wait(self) -> None:
         self._stopped.wait()
@@ -276,7 +411,10 @@ class CloudServer:
 
 def serve(config: CloudConfig) -> None:
     """Run until SIGTERM / SIGINT, then shut down gracefully."""
-    server = CloudServer(config).start()
+    try:
+        server = CloudServer(config).start()
+    except StoreUnavailableError as e:  # at start-up there is nothing to keep: say why, exit
+        raise ValueError(str(e)) from None
     done = threading.Event()
 
     def on_signal(signum, frame):

@@ -1,7 +1,9 @@
 """Connected edge streams, by camera: the cloud's only way to reach a camera behind NAT.
 
 A session owns the stream's outbound queue. Enhancement requests wait on a future that the
-stream's reader completes when the edge answers.
+stream's reader completes when the edge answers. A session knows its spool epoch's offset (the
+camera's id of a frame is ``offset`` + the edge's id), when the edge was last heard from, and
+why it was ended when the peer broke the protocol.
 """
 
 from __future__ import annotations
@@ -9,8 +11,11 @@ from __future__ import annotations
 import itertools
 import queue
 import threading
+import time
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
+
+import grpc
 
 from icm_rpc import pb
 
@@ -24,25 +29,67 @@ class EnhancementUnavailableError(LookupError):
 
 
 class EdgeSession:
-    def __init__(self, hello: pb.Hello, peer: str) -> None:
+    """Args:
+        offset: the camera's id of this epoch's frame 0 (see ``storage.EpochInfo``).
+        heartbeat_s: the interval the edge was told; 0 when it sends no heartbeats (an edge
+            from before them), so silence is never held against it.
+    """
+
+    def __init__(self, hello: pb.Hello, peer: str, *, offset: int = 0,
+                 heartbeat_s: float = 0.0) -> None:
         self.hello = hello
         self.camera_id = hello.camera_id
+        self.epoch = hello.epoch
+        self.offset = offset
         self.peer = peer
+        self.heartbeat_s = heartbeat_s if "heartbeat" in hello.capabilities else 0.0
+        self.retained_from = hello.retained_from_frame_id
         self.outbound: queue.Queue[pb.CloudMessage | None] = queue.Queue()
         self.closed = threading.Event()
+        self.error: tuple[grpc.StatusCode, str] | None = None
+        self.last_heard = time.monotonic()
+        self.reader_blocked = False       # the reader waits for room in the ingest queue
+        self.in_flight = 0                # frames submitted, not yet processed
         self._ids = itertools.count(1)
+        self._issued = 0
         self._waiting: dict[int, Future] = {}
         self._lock = threading.Lock()
         self.last_acked = 0
+
+    def cloud_id(self, edge_frame_id: int) -> int:
+        return self.offset + edge_frame_id
+
+    def add_in_flight(self, n: int) -> int:
+        with self._lock:
+            self.in_flight += n
+            return self.in_flight
+
+    def heard(self) -> None:
+        self.last_heard = time.monotonic()
+
+    def silent_for(self) -> float:
+        """Seconds since the edge was last heard from (0 while our own reader is held back
+        by ingest back-pressure: that silence is ours)."""
+        if self.reader_blocked:
+            return 0.0
+        return time.monotonic() - self.last_heard
 
     def send(self, msg: pb.CloudMessage) -> None:
         if not self.closed.is_set():
             self.outbound.put(msg)
 
     def ack(self, frame_id: int) -> None:
+        """Cumulative ack, in the edge's ids."""
         if frame_id > self.last_acked:
             self.last_acked = frame_id
             self.send(pb.CloudMessage(ack=pb.Ack(frame_id=frame_id)))
+
+    def fail(self, code: grpc.StatusCode, message: str) -> None:
+        """End the stream with this status (the peer broke the protocol, or went silent)."""
+        with self._lock:
+            if self.error is None:
+                self.error = (code, message)
+        self.close()
 
     def close(self) -> None:
         self.closed.set()
@@ -54,14 +101,15 @@ class EdgeSession:
                 fut.set_exception(ConnectionError(f"camera {self.camera_id} disconnected"))
 
     def request_enhancement(self, frame_id: int, timeout: float) -> bytes:
-        """Ask the edge for a frame's enhancement layer; raises TimeoutError,
-        ConnectionError (stream gone) or EnhancementUnavailableError."""
+        """Ask the edge for a frame's enhancement layer (``frame_id``: the edge's id); raises
+        TimeoutError, ConnectionError (stream gone) or EnhancementUnavailableError."""
         req_id = next(self._ids)
         fut: Future = Future()
         with self._lock:
             if self.closed.is_set():
                 raise ConnectionError(f"camera {self.camera_id} disconnected")
             self._waiting[req_id] = fut
+            self._issued = req_id
         self.send(pb.CloudMessage(enhancement_request=pb.EnhancementRequest(
             request_id=req_id, frame_id=frame_id)))
         try:
@@ -76,11 +124,17 @@ class EdgeSession:
             raise EnhancementUnavailableError(resp.error or "the edge sent no layer")
         return resp.layer
 
-    def resolve(self, resp: pb.EnhancementResponse) -> None:
+    def resolve(self, resp: pb.EnhancementResponse) -> bool:
+        """Hand an answer to its waiting request. False for an answer to a request that was
+        never made (a broken or hostile peer); a late answer (the request timed out) is
+        dropped and counts as fine."""
         with self._lock:
+            if not 0 < resp.request_id <= self._issued:
+                return False
             fut = self._waiting.get(resp.request_id)
         if fut is not None and not fut.done():
             fut.set_result(resp)
+        return True
 
 
 class SessionRegistry:

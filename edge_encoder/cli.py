@@ -34,6 +34,13 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--server-name", default="", help="TLS name to expect from the cloud")
     p.add_argument("--health-listen", default=env_default("ICM_HEALTH_LISTEN", ""),
                    help="serve gRPC health checks here, e.g. 0.0.0.0:50052 [$ICM_HEALTH_LISTEN]")
+    p.add_argument("--stall-s", type=float,
+                   default=float(env_default("ICM_STALL_S", "10")),
+                   help="no frame from the source for this long: capture stalled (health "
+                        "NOT_SERVING, a log line, a metric) [$ICM_STALL_S]")
+    p.add_argument("--max-backoff-s", type=float,
+                   default=float(env_default("ICM_MAX_BACKOFF_S", "30")),
+                   help="longest wait between reconnects to the cloud [$ICM_MAX_BACKOFF_S]")
     p.add_argument("--exit-when-done", action="store_true",
                    help="exit once the source ends and every frame is acked")
     add_common_flags(p, 9101)
@@ -58,7 +65,8 @@ def _edge(args: argparse.Namespace) -> int:
                      max_retained_mb=args.max_retained_mb, max_spool_mb=args.max_spool_mb,
                      tls=tls_files(args), server_name=args.server_name,
                      metrics_port=metrics_port(args), health_listen=args.health_listen,
-                     threads=args.threads)
+                     threads=args.threads, stall_s=args.stall_s,
+                     max_backoff_s=args.max_backoff_s)
     edge = EdgeService(cfg)
 
     def on_signal(signum, frame):

@@ -13,7 +13,10 @@
 
 Frames live in the :class:`~edge_encoder.spool.Spool` until acked, so a broken stream (or a
 killed edge) re-sends exactly the frames the cloud has not stored; the cloud stores a re-sent
-frame once. Reconnects back off exponentially with jitter.
+frame once. Ids and acks count within the spool's epoch (Hello.epoch), so a fresh spool never
+meets acks meant for another. Reconnects back off exponentially with jitter. When the cloud
+asks for heartbeats (Welcome.heartbeat_ms), both sides send one when idle, and a stream silent
+for five intervals is cancelled and reconnected: a network partition is noticed in seconds.
 """
 
 from __future__ import annotations
@@ -21,8 +24,10 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 import grpc
 
@@ -40,6 +45,21 @@ __all__ = ["EdgeLink"]
 log = logging.getLogger("icm.edge")
 FATAL_CODES = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
                grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNIMPLEMENTED)
+CAPABILITIES = ("enhancement", "settings.base_model", "settings.max_fps", "heartbeat")
+SILENT_INTERVALS = 5  # heartbeat intervals of silence after which a stream counts as broken
+
+
+@dataclass
+class _Conn:
+    """One stream's state, shared by its reader, its sender and the watchdog."""
+
+    call: grpc.Future | None = None
+    welcome: threading.Event = field(default_factory=threading.Event)
+    heard: float = field(default_factory=time.monotonic)
+    heartbeat_s: float = 0.0
+    sent: int = 0
+    renewed: bool = False
+    cancelled: str = ""
 
 
 class EdgeLink:
@@ -53,7 +73,7 @@ class EdgeLink:
                  metrics: EdgeMetrics, *, tls: TLSFiles | None = None, server_name: str = "",
                  window: int = 64, hello_extra: Callable[[], dict] | None = None,
                  on_settings: Callable[[pb.Settings], None] | None = None,
-                 backoff: Backoff | None = None) -> None:
+                 backoff: Backoff | None = None, welcome_timeout_s: float = 30.0) -> None:
         self.camera_id = camera_id
         self.target = target
         self.spool = spool
@@ -65,6 +85,7 @@ class EdgeLink:
         self.hello_extra = hello_extra or (lambda: {})
         self.on_settings = on_settings
         self.backoff = backoff or Backoff()
+        self.welcome_timeout_s = welcome_timeout_s
         self.last_error: grpc.RpcError | None = None
         self.on_connection: Callable[[bool], None] | None = None
         self.connected = threading.Event()
@@ -74,11 +95,15 @@ class EdgeLink:
         self._acked = 0
         self._enh_pool = ThreadPoolExecutor(1, thread_name_prefix="edge-enh")
         self._thread = threading.Thread(target=self._run, name="edge-link", daemon=True)
+        self._watchdog = threading.Thread(target=self._watch, name="edge-link-watch",
+                                          daemon=True)
         self._call: grpc.Future | None = None
+        self._conn: _Conn | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> EdgeLink:
         self._thread.start()
+        self._watchdog.start()
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -105,47 +130,59 @@ class EdgeLink:
             if not first:
                 self.metrics.reconnects.inc()
             first = False
+            again = False
             try:
-                self._session()
+                again = self._session()
             except grpc.RpcError as e:
                 self.last_error = e
                 code = e.code() if hasattr(e, "code") else None
-                if self._stop.is_set() or code == grpc.StatusCode.CANCELLED:
+                if self._stop.is_set():
                     break
                 level = logging.ERROR if code in FATAL_CODES else logging.WARNING
                 log.log(level, "stream to %s ended: %s %s", self.target,
                         code.name if code else "?", e.details() if hasattr(e, "details") else e)
             finally:
+                self._conn = None
                 self.connected.clear()
                 self.metrics.connected.set(0)
                 if self.on_connection is not None:
                     self.on_connection(False)
-            if self._stop.wait(self.backoff.next_delay()):
+            if not again and self._stop.wait(self.backoff.next_delay()):
                 break
 
+    def _watch(self) -> None:
+        """Cancel a stream the cloud has gone silent on (a partition: TCP and keepalive take
+        far longer to notice), and one whose Welcome does not come."""
+        while not self._stop.wait(0.25):
+            conn = self._conn
+            if conn is None or conn.call is None or conn.cancelled:
+                continue
+            silent = time.monotonic() - conn.heard
+            if conn.heartbeat_s and silent > SILENT_INTERVALS * conn.heartbeat_s:
+                reason = f"no message from the cloud for {silent:.1f} s"
+            elif not conn.welcome.is_set() and silent > self.welcome_timeout_s:
+                reason = f"no Welcome within {self.welcome_timeout_s:g} s"
+            else:
+                continue
+            conn.cancelled = reason
+            log.warning("stream to %s: %s: reconnecting", self.target, reason)
+            conn.call.cancel()
+
     # -- one connection ------------------------------------------------------------------------
-    def _session(self) -> None:
-        welcome = threading.Event()
-        state = {"sent": 0}
+    def _session(self) -> bool:
+        """One stream, until it ends; True to reconnect at once (a new epoch was started)."""
+        conn = _Conn()
         with self._channel() as channel:
             stub = pb_grpc.EdgeLinkStub(channel)
-            call = stub.Connect(self._outbound(welcome, state))
-            self._call = call
+            call = stub.Connect(self._outbound(conn))
+            conn.call = self._call = call
+            self._conn = conn
             try:
                 for msg in call:
+                    conn.heard = time.monotonic()
                     kind = msg.WhichOneof("body")
                     if kind == "welcome":
-                        last = msg.welcome.last_stored_frame_id
-                        self._ack(last)
-                        self.spool.skip_to(last)
-                        state["sent"] = max(self._acked, last)
-                        self.connected.set()
-                        self.metrics.connected.set(1)
-                        if self.on_connection is not None:
-                            self.on_connection(True)
-                        self.backoff.reset()
-                        welcome.set()
-                        log.info("connected to %s (cloud has frames up to %d)", self.target, last)
+                        self._welcome(conn, msg.welcome)
                     elif kind == "ack":
                         self._ack(msg.ack.frame_id)
                     elif kind == "rejected":
@@ -157,9 +194,39 @@ class EdgeLink:
                     elif kind == "settings" and self.on_settings is not None:
                         self.on_settings(msg.settings)
                     self.notify()
+            except grpc.RpcError as e:
+                if not conn.cancelled or self._stop.is_set():
+                    raise
+                self.last_error = e  # cancelled by the watchdog: the reason is logged
             finally:
                 self._call = None
-                welcome.set()  # release the sender
+                conn.welcome.set()  # release the sender
+        return conn.renewed
+
+    def _welcome(self, conn: _Conn, w: pb.Welcome) -> None:
+        last = w.last_stored_frame_id
+        self._ack(last)  # what the cloud has of this epoch: never more
+        if w.new_epoch_required:
+            old = self.spool.epoch
+            new = self.spool.renew_epoch()
+            conn.renewed = True
+            log.warning("the cloud has a newer spool of camera %s than this one (epoch %r, "
+                        "stored up to frame %d): the %d frames still pending go on as epoch "
+                        "%r", self.camera_id, old, last, self.spool.pending_stats()[0], new)
+            conn.welcome.set()
+            return
+        self.spool.skip_to(last)
+        conn.sent = max(self._acked, last)
+        conn.heartbeat_s = w.heartbeat_ms / 1000
+        self.connected.set()
+        self.metrics.connected.set(1)
+        if self.on_connection is not None:
+            self.on_connection(True)
+        self.backoff.reset()
+        conn.welcome.set()
+        log.info("connected to %s (cloud has frames up to %d of epoch %r; the camera's ids "
+                 "are this epoch's + %d)", self.target, last, self.spool.epoch,
+                 w.frame_id_offset)
 
     def _ack(self, frame_id: int) -> None:
         if frame_id <= self._acked:
@@ -172,29 +239,39 @@ class EdgeLink:
         self.metrics.spool_frames.set(frames)
         self.metrics.spool_bytes.set(nbytes)
 
-    def _outbound(self, welcome: threading.Event, state: dict) -> Iterator[pb.EdgeMessage]:
-        hello = pb.Hello(camera_id=self.camera_id, capabilities=["enhancement",
-                                                                 "settings.base_model",
-                                                                 "settings.max_fps"],
+    def _heartbeat(self) -> pb.EdgeMessage:
+        return pb.EdgeMessage(heartbeat=pb.Heartbeat(
+            retained_from_frame_id=self.spool.retained_from()))
+
+    def _outbound(self, conn: _Conn) -> Iterator[pb.EdgeMessage]:
+        hello = pb.Hello(camera_id=self.camera_id, capabilities=list(CAPABILITIES),
+                         epoch=self.spool.epoch,
+                         retained_from_frame_id=self.spool.retained_from(),
                          **self.hello_extra())
         yield pb.EdgeMessage(hello=hello)
-        while not welcome.wait(0.5):
+        while not conn.welcome.wait(0.5):
             if self._stop.is_set():
                 return
-        while not self._stop.is_set() and self._call is not None:
+        last_sent = time.monotonic()
+        while not self._stop.is_set() and self._call is not None and not conn.renewed:
             try:
                 while True:
                     yield self._control.get_nowait()
+                    last_sent = time.monotonic()
             except queue.Empty:
                 pass
-            room = self.window - (state["sent"] - self._acked)
-            batch = self.spool.pending_after(state["sent"], room) if room > 0 else []
+            room = self.window - (conn.sent - self._acked)
+            batch = self.spool.pending_after(conn.sent, room) if room > 0 else []
             for f in batch:
                 yield pb.EdgeMessage(frame=pb.BaseFrame(frame_id=f.frame_id,
                                                         capture_time_us=f.capture_us,
                                                         layer=f.layer))
-                state["sent"] = f.frame_id
+                conn.sent = f.frame_id
+                last_sent = time.monotonic()
                 self.metrics.sent.inc()
+            if conn.heartbeat_s and time.monotonic() - last_sent >= conn.heartbeat_s:
+                yield self._heartbeat()
+                last_sent = time.monotonic()
             if not batch:
                 with self._wake:
                     self._wake.wait(0.25)

@@ -39,5 +39,12 @@ class EdgeMetrics:
                                   "the first", registry=r)
         self.connected = Gauge("icm_edge_connected", "1 while the stream to the cloud is up",
                                registry=r)
+        self.source_events = Counter("icm_edge_source_events", "Live source trouble: "
+                                     "open_failed, lost (stopped delivering), reopened",
+                                     ["event"], registry=r)
+        self.capture_stalls = Counter("icm_edge_capture_stalls", "Times no frame came from the "
+                                      "source for the stall time", registry=r)
+        self.capture_up = Gauge("icm_edge_capture_up", "1 while frames come from the source "
+                                "(0 during a stall)", registry=r)
         self.enhancement_requests = Counter("icm_edge_enhancement_requests", "Enhancement "
                                             "requests answered", ["outcome"], registry=r)

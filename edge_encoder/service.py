@@ -4,6 +4,12 @@
 
     with EdgeService(EdgeConfig(camera_id="cam-1", cloud="cloud:50051", source="vtest.avi")) as e:
         e.run()            # until the source ends and every frame is acked (or stop())
+
+Stall detector: while capturing, no frame from the source for ``stall_s`` (or three frame
+periods at a low frame rate) logs a warning, counts ``icm_edge_capture_stalls_total``, sets
+``icm_edge_capture_up`` to 0 and turns the health of the process ("" on ``--health-listen``)
+NOT_SERVING until frames come again. Time spent encoding does not count: only waiting for the
+source does.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from pathlib import Path
 import torch
 
 from icm_rpc import pb
+from icm_rpc.backoff import Backoff
 from icm_rpc.health import HealthServer
 from icm_rpc.metrics import MetricsServer
 from icm_rpc.tls import TLSFiles
@@ -53,6 +60,8 @@ class EdgeConfig:
     metrics_port: int | None = None
     health_listen: str = ""               # gRPC health server address (e.g. 0.0.0.0:50052)
     threads: int = 0                      # torch threads (0: torch's default)
+    stall_s: float = 10.0                 # no frame for this long while capturing: a stall
+    max_backoff_s: float = 30.0           # longest wait between reconnects to the cloud
 
     def __post_init__(self) -> None:
         if not self.camera_id or len(self.camera_id) > 128:
@@ -66,9 +75,9 @@ class EdgeService:
         if c.threads:
             torch.set_num_threads(c.threads)
         # the source first: a bad source fails before anything is written to disk
-        self.source = FrameSource(c.source, max_fps=c.max_fps, loop=c.loop,
-                                  limit=c.frames) if c.source else None
         self.metrics = EdgeMetrics()
+        self.source = FrameSource(c.source, max_fps=c.max_fps, loop=c.loop, limit=c.frames,
+                                  on_event=self._source_event) if c.source else None
         self.metrics_server = MetricsServer(self.metrics.registry, c.metrics_port)
         self.encoder = EdgeEncoder(c.base_model, c.enhancement_model, c.enhancement_mode,
                                    self.metrics)
@@ -79,8 +88,11 @@ class EdgeService:
         self.size = (0, 0)
         self.link = EdgeLink(c.camera_id, c.cloud, self.spool, self.encoder, self.metrics,
                              tls=c.tls, server_name=c.server_name, window=c.window,
-                             hello_extra=self._hello, on_settings=self._settings)
+                             hello_extra=self._hello, on_settings=self._settings,
+                             backoff=Backoff(maximum=c.max_backoff_s))
         self.capture_done = threading.Event()
+        self.stalled = False
+        self._waiting_since: float | None = None   # waiting for the source since (monotonic)
         self._stop = threading.Event()
         self._closed = False
         self.health = HealthServer(c.health_listen) if c.health_listen else None
@@ -99,6 +111,36 @@ class EdgeService:
                 log.error("cannot switch base model to %s: %s", s.base_model_id, e)
         if s.max_fps > 0 and self.source is not None:
             self.source.max_fps = s.max_fps
+
+    def _source_event(self, event: str) -> None:
+        self.metrics.source_events.labels(event).inc()
+
+    def _stall_threshold(self) -> float:
+        fps = self.source.max_fps if self.source is not None else 0.0
+        return max(self.config.stall_s, 3.0 / fps if fps > 0 else 0.0)
+
+    def _set_stalled(self, stalled: bool, waited: float = 0.0) -> None:
+        if stalled == self.stalled:
+            return
+        self.stalled = stalled
+        self.metrics.capture_up.set(0 if stalled else 1)
+        if stalled:
+            self.metrics.capture_stalls.inc()
+            log.warning("capture stalled: no frame from source %s for %.1f s",
+                        self.source.name if self.source else "?", waited)
+        else:
+            log.warning("capture resumed")
+        if self.health is not None:
+            self.health.set("", not stalled)
+
+    def _watch_capture(self) -> None:
+        while not self._stop.wait(0.25) and not self.capture_done.is_set():
+            since = self._waiting_since
+            if since is None:
+                continue
+            waited = time.monotonic() - since
+            if waited > self._stall_threshold():
+                self._set_stalled(True, waited)
 
     def _refresh_gauges(self) -> None:
         m = self.metrics
@@ -125,12 +167,14 @@ class EdgeService:
     def request_stop(self) -> None:
         """Ask :meth:`run` to return (signal handlers); :meth:`stop` cleans up."""
         self._stop.set()
+        if self.source is not None:
+            self.source.close()
 
     def stop(self) -> None:
         if self._closed:
             return
         self._closed = True
-        self._stop.set()
+        self.request_stop()
         self.link.stop()
         if self.health is not None:
             self.health.stop()
@@ -164,14 +208,25 @@ class EdgeService:
         n = 0
         if self.source is None:
             raise ValueError("no source configured (--source)")
-        for frame, t_us in self.source:
-            if self._stop.is_set():
-                break
-            fid = self.capture_one(frame, t_us)
-            n += 1
-            if on_frame is not None:
-                on_frame(fid, frame)
-        self.capture_done.set()
+        watcher = threading.Thread(target=self._watch_capture, name="edge-stall", daemon=True)
+        self.capture_done.clear()
+        self.metrics.capture_up.set(1)
+        self._waiting_since = time.monotonic()
+        watcher.start()
+        try:
+            for frame, t_us in self.source:
+                self._waiting_since = None
+                self._set_stalled(False)
+                if self._stop.is_set():
+                    break
+                fid = self.capture_one(frame, t_us)
+                n += 1
+                if on_frame is not None:
+                    on_frame(fid, frame)
+                self._waiting_since = time.monotonic()
+        finally:
+            self._waiting_since = None
+            self.capture_done.set()
         return n
 
     def wait_drained(self, timeout: float | None = None) -> bool:

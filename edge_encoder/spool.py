@@ -5,11 +5,16 @@ enhancement requests. One SQLite file, so that a killed edge restarts where it s
   when full, the oldest pending frames are dropped (counted and reported by the caller).
 - ``retained``: per frame, the exact base bytes plus either the enhancement layer (eager mode)
   or the raw frame as PNG (lazy mode), bounded by age and by ``max_retained_bytes``.
-- ``meta``: the next frame id, so ids keep increasing across restarts.
+- ``meta``: the camera id, the next frame id (ids keep increasing across restarts) and the
+  spool's *epoch*: a random name made with the spool. Frame ids count within the epoch; the
+  cloud maps (camera, epoch, id) to ids of its own that are never reused, so a spool that is
+  lost (a new disk, a rescheduled pod) loses only the frames it held, never the ones a fresh
+  spool captures next. A spool from before epochs keeps the empty epoch.
 """
 
 from __future__ import annotations
 
+import secrets
 import sqlite3
 import threading
 import time
@@ -61,10 +66,14 @@ class Spool:
         self._db.executescript(_SCHEMA)
         owner = self._meta("camera_id")
         if owner is None:
+            self._db.execute("BEGIN IMMEDIATE")
             self._set_meta("camera_id", camera_id)
+            self._set_meta("epoch", self.new_epoch())
+            self._db.execute("COMMIT")
         elif owner != camera_id:
             raise ValueError(f"spool {self.path} belongs to camera {owner!r}, not {camera_id!r}: "
                              "give each camera its own --spool-dir")
+        self.epoch = self._meta("epoch") or ""
         self._pending_bytes = self._scalar("SELECT COALESCE(SUM(LENGTH(layer)), 0) FROM pending")
         self._retained_bytes = self._scalar("SELECT COALESCE(SUM(nbytes), 0) FROM retained")
 
@@ -86,6 +95,18 @@ class Spool:
             self._db.close()
 
     # -- frame ids -----------------------------------------------------------------------------
+    @staticmethod
+    def new_epoch() -> str:
+        return secrets.token_hex(8)
+
+    def renew_epoch(self) -> str:
+        """Start a new epoch (the cloud has a newer one for this camera: this spool is an old
+        copy). Pending frames keep their ids and are sent under the new epoch."""
+        with self._lock:
+            self.epoch = self.new_epoch()
+            self._set_meta("epoch", self.epoch)
+            return self.epoch
+
     def next_frame_id(self) -> int:
         """Reserve the next frame id (durable: never reused after a restart)."""
         with self._lock:
@@ -174,6 +195,14 @@ class Spool:
                                    (layer, len(layer), frame_id))
             if cur.rowcount:
                 self._retained_bytes += len(layer)
+
+    def retained_from(self) -> int:
+        """The oldest frame id kept for enhancement requests (the next id when none is)."""
+        with self._lock:
+            row = self._db.execute("SELECT MIN(frame_id) FROM retained").fetchone()
+            if row[0] is not None:
+                return int(row[0])
+            return int(self._meta("next_frame_id") or 1)
 
     def retained_stats(self) -> tuple[int, int]:
         with self._lock:

@@ -118,9 +118,19 @@ def test_trained_model_real_rate_matches_estimate(trained_packages, photos) -> N
     assert len(b_flat) < len(b_photo)  # a flat frame costs fewer real bytes
     x = frame_to_tensor(photo)
     with torch.no_grad():
-        est = rate_distortion_loss(model(x), x, 0.05)
+        out = model(x)
+        est = rate_distortion_loss(out, x, 0.05)
     real_bpp = codec.layer_bpp(b_photo)
-    assert real_bpp == pytest.approx(float(est["bpp"]), rel=0.15)
+    # A young model still has outliers where sigma sits at the floor: training charges each
+    # the likelihood bound (~30 bits, a strong gradient), the coder escapes them for fewer
+    # bits. Real bytes lie between the estimate without them and the full estimate.
+    lik_y = out["likelihoods"]["y"]
+    capped = lik_y <= 1.01 * model.coder.gaussian_conditional.likelihood_lower_bound.bound
+    assert float(capped.float().mean()) < 0.05
+    pixels = photo.shape[0] * photo.shape[1]
+    capped_bpp = float(-torch.log2(lik_y[capped]).sum()) / pixels
+    assert real_bpp < float(est["bpp"]) * 1.15
+    assert real_bpp == pytest.approx(float(est["bpp"]) - capped_bpp, rel=0.15)
     machine = codec.decode_machine(b_photo).astype(np.float64) / 255
     coded_psnr = psnr(np.mean((machine - photo / 255) ** 2))
     assert coded_psnr == pytest.approx(psnr(est["mse"]), abs=0.5)

@@ -414,7 +414,7 @@ def _fill(db: Path, n: int) -> None:
                 if i % 7 == 0 else [])
         batch.append(FrameRow("big", i, T0_US + i * 100_000, T0_US + i * 100_000 + 5,
                               T0_US + i * 100_000 + 9, 768, 576, 9000, 0.163, dets,
-                              b"\0" * 16, buf.getvalue()))
+                              b"\0" * 16, thumbnail=buf.getvalue()))
         if len(batch) == 5000:
             store.add_frames(batch)
             batch = []

@@ -9,20 +9,16 @@ why, when the PostgreSQL server binaries or psycopg are missing (CI installs the
 
 from __future__ import annotations
 
-import glob
 import os
-import pwd
 import re
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
+from helpers import PgServer, PgUnavailableError, free_port
 
 pytest.importorskip("grpc_health", reason="needs the cloud extra")
 psycopg = pytest.importorskip("psycopg", reason="PostgreSQL store needs psycopg (cloud extra)")
@@ -30,71 +26,21 @@ psycopg = pytest.importorskip("psycopg", reason="PostgreSQL store needs psycopg 
 pytestmark = pytest.mark.slow
 
 
-def _pg_bindir() -> Path | None:
-    found = shutil.which("pg_ctl")
-    if found:
-        return Path(found).parent
-    dirs = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda d: [
-        int(x) for x in re.findall(r"\d+", d)])
-    for d in reversed(dirs):
-        if (Path(d) / "initdb").exists() and (Path(d) / "pg_ctl").exists():
-            return Path(d)
-    return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def postgres_url():
-    bindir = _pg_bindir()
-    if bindir is None:
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found: apt-get install "
-                    "postgresql")
-    as_user: list[str] = []
-    base = Path(tempfile.mkdtemp(prefix="icm-pg-"))
-    if os.geteuid() == 0:  # initdb refuses to run as root
-        try:
-            pw = pwd.getpwnam("postgres")
-        except KeyError:
-            pytest.skip("running as root and there is no 'postgres' user to run initdb as")
-        os.chown(base, pw.pw_uid, pw.pw_gid)
-        runuser = shutil.which("runuser") or shutil.which("su")
-        if runuser is None:
-            pytest.skip("running as root without runuser/su to switch to the postgres user")
-        as_user = [runuser, "-u", "postgres", "--"] if runuser.endswith("runuser") else []
-        if not as_user:
-            pytest.skip("runuser not available")
-    data, port = base / "data", _free_port()
-
-    def run(*cmd: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        return subprocess.run([*as_user, *cmd], capture_output=True, text=True, timeout=timeout)
-
-    r = run(str(bindir / "initdb"), "-D", str(data), "-U", "icm", "--auth=trust",
-            "--no-sync", "-E", "UTF8")
-    if r.returncode != 0:
-        shutil.rmtree(base, ignore_errors=True)
-        pytest.skip(f"initdb failed: {r.stderr.strip()[-500:]}")
-    r = run(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(base / "log"), "-w", "-t", "60",
-            "-o", f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off", "start",
-            timeout=90)
-    if r.returncode != 0:
-        log = (base / "log").read_text() if (base / "log").exists() else ""
-        shutil.rmtree(base, ignore_errors=True)
-        pytest.fail(f"pg_ctl start failed: {r.stdout}{r.stderr}{log[-2000:]}")
     try:
-        yield f"postgresql://icm@127.0.0.1:{port}/postgres"
+        server = PgServer()
+    except PgUnavailableError as e:
+        pytest.skip(str(e))
+    try:
+        yield server.url
     finally:
-        run(str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
-        shutil.rmtree(base, ignore_errors=True)
+        server.cleanup()
 
 
 # -- the store itself on PostgreSQL ---------------------------------------------------------------
 def test_postgres_store_roundtrip(postgres_url: str) -> None:
-    from cloud_decoder.storage import CameraRow, FrameQuery, FrameRow, open_store
+    from cloud_decoder.storage import CameraRow, FrameQuery, FrameRow, RetentionPolicy, open_store
 
     a, b = open_store(postgres_url), open_store(postgres_url)   # two instances, one database
     try:
@@ -120,6 +66,14 @@ def test_postgres_store_roundtrip(postgres_url: str) -> None:
         assert a.camera("pg-cam").online
         a.mark_instance_offline("a:1")
         assert not b.camera("pg-cam").online
+        # epochs and retention use the same SQL on PostgreSQL
+        assert a.open_epoch("pg-cam", "e1").offset == 3
+        assert not b.open_epoch("pg-cam", "").newest          # the legacy epoch, superseded
+        assert a.stored_ids("pg-cam", [1, 2, 9]) == {1, 2}
+        got = b.apply_retention(RetentionPolicy(frame_bytes=15), now_us=10**6)
+        assert got == {"frames": 2, "human_views": 0}
+        assert [f.frame_id for f in a.frames(FrameQuery("pg-cam"))] == [3]
+        assert b.apply_retention(RetentionPolicy(human_view_bytes=1), 10**6)["human_views"] == 1
     finally:
         a.close()
         b.close()
@@ -184,7 +138,7 @@ def test_human_view_is_forwarded_to_the_instance_holding_the_stream(
     from icm_rpc import pb, pb_grpc
 
     token = "multi-instance-token"
-    port_a, port_b = _free_port(), _free_port()
+    port_a, port_b = free_port(), free_port()
     addr_a, addr_b = f"127.0.0.1:{port_a}", f"127.0.0.1:{port_b}"
     procs = []
     try:
@@ -283,7 +237,7 @@ def test_forwarding_over_tls_with_shared_certificate(tmp_path: Path) -> None:
     cert, key = make_cert(tmp_path / "ca", "icm-cloud", server=True, hosts=("peers.example",))
     tls = TLSFiles(ca=ca, cert=cert, key=key)
     db = str(tmp_path / "shared.sqlite3")
-    ports = [_free_port() for _ in range(4)]
+    ports = [free_port() for _ in range(4)]
     servers = []
     try:
         for i in (0, 1):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from helpers import free_port, wait_for
 from PIL import Image
 
 from cloud_decoder import CloudConfig, CloudServer
@@ -29,21 +29,6 @@ from icm_rpc.tls import TLSFiles, make_ca, make_cert
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 REPO = Path(__file__).resolve().parent.parent
-
-
-def wait_for(cond, timeout: float = 60.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,8 @@ RUN python -m pip install -e ".[edge]" \
 # -- runtime -----------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE}
 ENV VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 \
-    ICM_SPOOL_DIR=/var/lib/icm/spool ICM_METRICS_PORT=9101 ICM_LOG_FORMAT=json
+    ICM_SPOOL_DIR=/var/lib/icm/spool ICM_METRICS_PORT=9101 ICM_LOG_FORMAT=json \
+    ICM_HEALTH_LISTEN=0.0.0.0:50053
 RUN groupadd --system --gid 10001 icm \
     && useradd --system --uid 10001 --gid icm --home-dir /var/lib/icm --create-home icm
 COPY --from=build /opt/venv /opt/venv
@@ -43,8 +44,9 @@ COPY --from=build /app /app
 WORKDIR /var/lib/icm
 USER 10001:10001
 VOLUME ["/var/lib/icm"]
-EXPOSE 9101
+EXPOSE 9101 50053
+# gRPC health of the edge process: NOT_SERVING while capture stalls (the camera is gone)
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "/app/deploy/docker/healthcheck.py", "http", "http://127.0.0.1:9101/metrics"]
+    CMD ["python", "/app/deploy/docker/healthcheck.py", "grpc-plaintext", "127.0.0.1:50053"]
 ENTRYPOINT ["icm", "edge"]
 CMD ["--help"]

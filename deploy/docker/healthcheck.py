@@ -1,6 +1,8 @@
 """Container health check (exec form, no shell): ``healthcheck.py grpc HOST:PORT`` asks the
 standard gRPC health service (``grpc.health.v1.Health/Check``) and exits 0 only on SERVING;
-``healthcheck.py http URL`` exits 0 on an HTTP 200 (the edge's /metrics endpoint).
+``healthcheck.py grpc-plaintext HOST:PORT`` does the same without TLS whatever the environment
+says (the edge's own health server, which is plaintext, in a container whose ``ICM_TLS_CA``
+is for the cloud); ``healthcheck.py http URL`` exits 0 on an HTTP 200.
 
 TLS for the gRPC check comes from the same environment the service reads: ``ICM_TLS_CA``
 verifies the server, whose certificate is checked against ``ICM_HEALTH_SERVER_NAME`` (default:
@@ -15,11 +17,11 @@ import sys
 import urllib.request
 
 
-def check_grpc(target: str, timeout: float = 4.0) -> bool:
+def check_grpc(target: str, timeout: float = 4.0, tls: bool = True) -> bool:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    ca = os.environ.get("ICM_TLS_CA")
+    ca = os.environ.get("ICM_TLS_CA") if tls else None
     if ca:
         from icm_rpc.tls import certificate_name  # the service's own package, in the image
 
@@ -45,11 +47,15 @@ def check_http(url: str, timeout: float = 4.0) -> bool:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 2 or argv[0] not in ("grpc", "http"):
-        print("usage: healthcheck.py grpc HOST:PORT | http URL", file=sys.stderr)
+    if len(argv) != 2 or argv[0] not in ("grpc", "grpc-plaintext", "http"):
+        print("usage: healthcheck.py grpc HOST:PORT | grpc-plaintext HOST:PORT | http URL",
+              file=sys.stderr)
         return 2
     try:
-        ok = check_grpc(argv[1]) if argv[0] == "grpc" else check_http(argv[1])
+        if argv[0] == "http":
+            ok = check_http(argv[1])
+        else:
+            ok = check_grpc(argv[1], tls=argv[0] == "grpc")
     except Exception as e:  # any failure is "unhealthy", with the reason in the log
         print(f"unhealthy: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
