@@ -468,6 +468,9 @@ def adapt_detector(cfg: AdaptConfig) -> AdaptedDetector:
     digests = [p.digest for p in packages]
     if cfg.work is None:
         cfg.work = Path.home() / ".cache" / "icm" / "adapt" / model_id
+    # absolute: Ultralytics puts a relative ``project`` under its own runs_dir setting, which
+    # can be another checkout's folder
+    cfg.work = cfg.work.expanduser().resolve()
     state = _claim_work(cfg, _fingerprint(cfg, stock, digests))
 
     dataset = prepare_dataset(cfg, stock, packages)

@@ -80,7 +80,9 @@ def adapted_run(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> d
     """
     root = tmp_path_factory.mktemp("adapt")
     work, out = root / "work", root / "out"
-    argv = _argv(shared_dir, work, out)
+    # --work relative to the current folder (root): the run must stay in it, where Ultralytics
+    # would put a relative project under its own runs_dir setting
+    argv = _argv(shared_dir, Path("work"), out)
     log = root / "first.log"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "YOLO_OFFLINE": "1"}
     proc = subprocess.Popen([*_offline_prefix(), sys.executable, "-m", "icm_codec.cli", *argv],
@@ -107,11 +109,12 @@ def adapted_run(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> d
     err = io.StringIO()
     _net["watch"], _net["seen"] = True, []
     try:
-        with contextlib.redirect_stderr(err):
+        with contextlib.redirect_stderr(err), contextlib.chdir(root):
             rc = main(argv)
     finally:
         _net["watch"] = False
     assert rc == 0, err.getvalue()[-3000:]
+    assert (work / "runs/train/weights/last.pt").is_file()
     record = json.loads(next(out.glob("*.json")).read_text())
     return {"root": root, "work": work, "out": out, "argv": argv, "stderr": err.getvalue(),
             "first_log": log.read_text(), "record": record, "net": list(_net["seen"])}
@@ -159,7 +162,7 @@ def test_finished_run_is_reused_and_other_settings_are_refused(adapted_run, tmp_
     cut = argv.index("--eval-video")
     argv = argv[:cut] + argv[argv.index("--epochs"):]  # no evaluation this time
     err = io.StringIO()
-    with contextlib.redirect_stderr(err):
+    with contextlib.redirect_stderr(err), contextlib.chdir(adapted_run["root"]):
         assert main(argv) == 0
     assert "resuming" not in err.getvalue()
     again = next((tmp_path / "again").glob("*.pt"))
@@ -169,7 +172,7 @@ def test_finished_run_is_reused_and_other_settings_are_refused(adapted_run, tmp_
     other = [*argv]
     other[other.index("--epochs") + 1] = "4"
     err = io.StringIO()
-    with contextlib.redirect_stderr(err):
+    with contextlib.redirect_stderr(err), contextlib.chdir(adapted_run["root"]):
         assert main(other) == 2
     assert "holds a run with other settings (differs in: epochs)" in err.getvalue()
 
