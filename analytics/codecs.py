@@ -133,7 +133,8 @@ def machine_points(bases: Sequence[str | Path], device: str = "cpu") -> list[Rat
 
         points.append(RatePoint("base", label, run, {
             "package": str(path), "model_id": pkg.config.model_id, "digest": pkg.digest[:16],
-            "lambda": _lambda(pkg), "trained": pkg.config.meta.get("trained")}))
+            "base_digest": pkg.digest, "lambda": _lambda(pkg),
+            "trained": pkg.config.meta.get("trained")}))
     return points
 
 
@@ -186,7 +187,8 @@ def human_points(enhancements: Sequence[str | Path], bases: Sequence[str | Path]
         # the difference-compression baseline is another method: its own curve
         codec_name = "human" if enh.config.kind == "enhancement" else "human-dc"
         points.append(RatePoint(codec_name, label, run, {
-            "package": str(path), "base": str(base_path), "kind": enh.config.kind,
+            "package": str(path), "base": str(base_path), "base_digest": base_pkg.digest,
+            "kind": enh.config.kind,
             "m": enh.config.m, "lambda": _lambda(enh),
             "trained": enh.config.meta.get("trained")}))
     return points

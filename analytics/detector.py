@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 
 from .errors import AnalyticsError
-from .results import Detection, FrameResult
-from .weights import import_ultralytics, resolve_weights
+from .results import Detection, FrameResult, WeightsInfo
+from .weights import file_sha256, import_ultralytics, resolve_weights
 
 __all__ = ["Detector", "MultiDetector", "polygons_to_rle"]
 
@@ -65,13 +65,17 @@ class Detector:
         max_det: most detections per frame; ``mask_format``: ``polygon``, ``rle`` or ``both``.
         half: fp16 inference (CUDA only).
         name: the name results carry (default: the weights' file stem).
+        weights_id: the weights' own name in :attr:`weights_info` (default: ``name``); an
+            adapted detector serving a stock detector's slot keeps the slot's ``name``.
+        adapted: the weights are adapted to machine images (:mod:`analytics.adapted`).
     """
 
     def __init__(self, model: str | os.PathLike[str], *,
                  weights_dir: str | os.PathLike[str] | None = None, device: str = "cpu",
                  conf: float = 0.25, iou: float = 0.7, imgsz: int = 640, batch_size: int = 8,
                  max_det: int = 300, mask_format: str = "polygon", half: bool = False,
-                 name: str | None = None) -> None:
+                 name: str | None = None, weights_id: str | None = None,
+                 adapted: bool = False) -> None:
         if mask_format not in MASK_FORMATS:
             raise AnalyticsError(f"mask_format must be one of {MASK_FORMATS}, got {mask_format!r}")
         if batch_size < 1:
@@ -97,6 +101,8 @@ class Detector:
                                  "instance segmentation are supported")
         self.names: dict[int, str] = {int(k): str(v) for k, v in self._yolo.names.items()}
         self.name = name or Path(str(self.weights)).stem
+        sha = file_sha256(self.weights) if Path(self.weights).is_file() else ""
+        self.weights_info = WeightsInfo(weights_id or self.name, sha, adapted)
         self.device = device
         self.conf, self.iou, self.imgsz = float(conf), float(iou), int(imgsz)
         self.batch_size, self.max_det = int(batch_size), int(max_det)
@@ -172,7 +178,7 @@ class Detector:
             x1, y1, x2, y2 = (float(v) for v in xyxy[k])
             dets.append(Detection(cid, self.names.get(cid, str(cid)), float(scores[k]),
                                   (x1, y1, x2, y2), poly, rle))
-        return FrameResult(self.name, (h, w), dets, frame_id, self.task)
+        return FrameResult(self.name, (h, w), dets, frame_id, self.task, self.weights_info)
 
 
 class MultiDetector:

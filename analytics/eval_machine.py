@@ -7,7 +7,11 @@ original images (pseudo-ground-truth: video frames, photos). From the curves of 
 
 - the bpp each codec needs to keep ``keep`` (95%) of the original-image mAP, and its ratio to
   JPEG's (the target: the base layer needs at most half of JPEG's bits on the video frames);
-- robustness: mAP of every model under every codec at the base layer's bpp (matched bpp).
+- robustness: mAP of every model under every codec at the base layer's bpp (matched bpp);
+- adapted detectors (``adapted``): each is scored against its stock source's reference, on the
+  original images (its regression), on the base layers it was adapted to and on human images;
+  its bpp-to-keep row puts its base layer against the stock detector on JPEG / WebP / AVIF,
+  which is what the cloud serves for frames of those codecs.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -27,12 +32,29 @@ from .errors import AnalyticsError
 from .metrics import coco_map
 from .results import FrameResult
 
-__all__ = ["RESULT_VERSION", "bpp_to_keep", "evaluate_machine", "metric_views",
+__all__ = ["RESULT_VERSION", "AdaptedModel", "bpp_to_keep", "evaluate_machine", "metric_views",
            "value_at_bpp"]
 
 RESULT_VERSION = 1
 PERSON = "person"
 CLASSICAL_ORDER = ("JPEG", "WebP", "AVIF")
+OUR_CODECS = ("base", "human", "human-dc")
+
+
+@dataclass(frozen=True)
+class AdaptedModel:
+    """A detector adapted to machine images: scored against ``source``'s reference, and run
+    only where the cloud would run it (originals as a regression check; base and human images
+    of the base packages in ``base_digests``)."""
+
+    source: str
+    base_digests: tuple[str, ...]
+
+    def applies(self, point: RatePoint | None) -> bool:
+        if point is None:
+            return True  # the original images
+        digest = str(point.params.get("base_digest", ""))
+        return point.codec in OUR_CODECS and bool(digest) and digest in self.base_digests
 
 
 def metric_views(task: str, eval_set: EvalSet, names: dict[int, str]) -> dict[str, dict]:
@@ -169,31 +191,46 @@ def _run_point(point_run, sets: Sequence[EvalSet]) -> tuple[dict, dict, float]:
 
 def evaluate_machine(sets: Sequence[EvalSet], points: Sequence[RatePoint],
                      detectors: MultiDetector, *, gt_conf: float = 0.25, keep: float = 0.95,
-                     target_set: str | None = None, progress: bool = True) -> dict[str, Any]:
-    """Run the benchmark; returns the JSON-ready result (see docs/analytics.md)."""
+                     target_set: str | None = None, progress: bool = True,
+                     adapted: dict[str, AdaptedModel] | None = None) -> dict[str, Any]:
+    """Run the benchmark; returns the JSON-ready result (see docs/analytics.md).
+
+    ``adapted`` names the detectors among ``detectors`` that are adapted ones, with their
+    source (which must be among ``detectors`` too).
+    """
     if not sets or any(not s.images for s in sets):
         raise AnalyticsError("no evaluation images: give a video, photos and/or a labelled set")
     if len({s.name for s in sets}) != len(sets):
         raise AnalyticsError(f"evaluation set names must be unique: {[s.name for s in sets]}")
     if not points:
         raise AnalyticsError("no rate points: give base packages and/or classical qualities")
+    adapted = dict(adapted or {})
+    for m, a in adapted.items():
+        if m not in detectors.names or a.source not in detectors.names or a.source in adapted:
+            raise AnalyticsError(f"adapted detector {m!r} and its stock source {a.source!r} "
+                                 f"must both be among the models {detectors.names}")
     t_start = time.perf_counter()
     views = {s.name: {d.name: metric_views(d.task, s, d.names) for d in detectors}
              for s in sets}
+    for s in sets:
+        for m, a in adapted.items():
+            views[s.name][m] = views[s.name][a.source]
     det_seconds = dict.fromkeys(detectors.names, 0.0)
-    det_frames = 0
+    det_frames = dict.fromkeys(detectors.names, 0)
 
-    def analyse(images: dict[str, list[np.ndarray]]) -> dict[str, dict[str, list[FrameResult]]]:
-        nonlocal det_frames
+    def analyse(images: dict[str, list[np.ndarray]], point: RatePoint | None = None
+                ) -> dict[str, dict[str, list[FrameResult]]]:
         out: dict[str, dict[str, list[FrameResult]]] = {}
         for s in sets:
             out[s.name] = {}
             for d in detectors:
+                if d.name in adapted and not adapted[d.name].applies(point):
+                    continue
                 t = time.perf_counter()
                 out[s.name][d.name] = d.detect(images[s.name],
                                                frame_ids=[im.key for im in s.images])
                 det_seconds[d.name] += time.perf_counter() - t
-            det_frames += len(s.images)
+                det_frames[d.name] += len(s.images)
         return out
 
     total = 1 + len(points)
@@ -206,12 +243,14 @@ def evaluate_machine(sets: Sequence[EvalSet], points: Sequence[RatePoint],
         for d in detectors:
             if s.labelled:
                 reference[s.name][d.name] = [im.labels for im in s.images]  # type: ignore[misc]
-            else:
+            elif d.name not in adapted:
                 reference[s.name][d.name] = [r.filtered(gt_conf) for r in original[s.name][d.name]]
+        for m, a in adapted.items():  # what the stock detector sees on the originals
+            reference[s.name][m] = reference[s.name][a.source]
 
     def score_all(results: dict[str, dict[str, list[FrameResult]]]) -> dict:
         return {s.name: {m: _score(reference[s.name][m], results[s.name][m], views[s.name][m])
-                         for m in detectors.names} for s in sets}
+                         for m in detectors.names if m in results[s.name]} for s in sets}
 
     original_metrics = score_all(original)
     bar.update(1)
@@ -219,7 +258,7 @@ def evaluate_machine(sets: Sequence[EvalSet], points: Sequence[RatePoint],
     for p in points:
         bar.set_postfix_str(f"{p.codec} {p.label}")
         decoded, bpp, seconds = _run_point(p.run, sets)
-        metrics = score_all(analyse(decoded))
+        metrics = score_all(analyse(decoded, p))
         records.append({"codec": p.codec, "label": p.label, "params": p.params, "bpp": bpp,
                         "codec_seconds": seconds, "metrics": metrics})
         bar.update(1)
@@ -227,7 +266,8 @@ def evaluate_machine(sets: Sequence[EvalSet], points: Sequence[RatePoint],
 
     codecs = list(dict.fromkeys(r["codec"] for r in records))
     curves = _curves(sets, detectors, views, records)
-    keep_table = _keep_table(sets, detectors, views, original_metrics, curves, codecs, keep)
+    keep_table = _keep_table(sets, detectors, views, original_metrics, curves, codecs, keep,
+                             adapted)
     robustness = _robustness(sets, detectors, views, original_metrics, curves, codecs, records)
     tgt_set = target_set or next((s.name for s in sets if not s.labelled), sets[0].name)
     if tgt_set not in {s.name for s in sets}:
@@ -239,7 +279,6 @@ def evaluate_machine(sets: Sequence[EvalSet], points: Sequence[RatePoint],
               **_target_row(rows, "box"),
               # persons: the stable class on surveillance video (the all-class mAP is noisy)
               "person": _target_row(rows, f"box/{PERSON}") if f"box/{PERSON}" in rows else None}
-    n_det = max(det_frames, 1)
     return {
         "version": RESULT_VERSION,
         "settings": {"models": detectors.names, "gt_conf": gt_conf, "keep": keep,
@@ -252,7 +291,10 @@ def evaluate_machine(sets: Sequence[EvalSet], points: Sequence[RatePoint],
                           "sizes": sorted({f"{im.image.shape[1]}x{im.image.shape[0]}"
                                            for im in s.images})} for s in sets},
         "models": {d.name: {"task": d.task,
-                            "views": sorted({v for s in sets for v in views[s.name][d.name]})}
+                            "views": sorted({v for s in sets for v in views[s.name][d.name]}),
+                            **({"adapted_from": adapted[d.name].source,
+                                "base_digests": list(adapted[d.name].base_digests)}
+                               if d.name in adapted else {})}
                    for d in detectors},
         "codecs": codecs,
         "original": original_metrics,
@@ -260,9 +302,11 @@ def evaluate_machine(sets: Sequence[EvalSet], points: Sequence[RatePoint],
         "curves": curves,
         "bpp_to_keep": keep_table,
         "robustness": robustness,
+        "adapted": _adapted_summary(sets, views, adapted, original_metrics, records,
+                                    keep_table),
         "target": target,
         "timing": {"total_seconds": time.perf_counter() - t_start,
-                   "detect_ms_per_frame": {m: 1000 * s / n_det
+                   "detect_ms_per_frame": {m: 1000 * s / max(det_frames[m], 1)
                                            for m, s in det_seconds.items()}},
     }
 
@@ -277,6 +321,8 @@ def _curves(sets, detectors, views, records) -> dict:
             for v in views[s.name][m]:
                 per_codec: dict[str, list] = {}
                 for r in records:
+                    if m not in r["metrics"][s.name]:
+                        continue  # an adapted detector where the cloud would not run it
                     met = r["metrics"][s.name][m][v]
                     per_codec.setdefault(r["codec"], []).append(
                         [r["bpp"][s.name], met["map"], met["map50"], r["label"]])
@@ -286,25 +332,59 @@ def _curves(sets, detectors, views, records) -> dict:
     return out
 
 
-def _keep_table(sets, detectors, views, original, curves, codecs, keep) -> dict:
+def _keep_table(sets, detectors, views, original, curves, codecs, keep, adapted) -> dict:
+    """bpp to keep ``keep`` of the original mAP. An adapted detector's row keeps its stock
+    source's original mAP as the bar and takes the classical codecs' cells from the source:
+    frames of those codecs are analysed by the stock weights."""
     out: dict = {}
     for s in sets:
         out[s.name] = {}
         for m in detectors.names:
+            src = adapted[m].source if m in adapted else m
             out[s.name][m] = {}
             for v in views[s.name][m]:
-                ref = original[s.name][m][v]["map"]
+                ref = original[s.name][src][v]["map"]
                 threshold = math.nan if ref is None else keep * ref
                 row = {}
                 for c in codecs:
-                    pts = [(x[0], x[1]) for x in curves[s.name][m][v].get(c, [])]
+                    by = m if c in OUR_CODECS else src
+                    pts = [(x[0], x[1]) for x in curves[s.name][by][v].get(c, [])]
                     row[c] = bpp_to_keep(pts, threshold)
+                    if by != m:
+                        row[c]["detector"] = by
                 jpeg = row.get("JPEG")
                 for c in codecs:
                     row[c].update(_ratio(row[c], jpeg))
                 row["_reference"] = {"original_map": ref,
                                      "threshold": None if math.isnan(threshold) else threshold}
+                if m in adapted:
+                    row["_reference"]["own_original_map"] = original[s.name][m][v]["map"]
                 out[s.name][m][v] = row
+    return out
+
+
+def _adapted_summary(sets, views, adapted, original, records, keep_table) -> dict:
+    """Per adapted detector, set and view: stock vs adapted on the originals and on every
+    rate point it applies to, and the bpp-to-keep cells side by side."""
+    out: dict = {}
+    for m, a in adapted.items():
+        per_set: dict = {}
+        for s in sets:
+            per_view: dict = {}
+            for v in views[s.name][m]:
+                pts = [{"codec": r["codec"], "label": r["label"], "bpp": r["bpp"][s.name],
+                        "stock": r["metrics"][s.name][a.source][v]["map"],
+                        "adapted": r["metrics"][s.name][m][v]["map"]}
+                       for r in records if m in r["metrics"][s.name]]
+                src_row, row = keep_table[s.name][a.source][v], keep_table[s.name][m][v]
+                keep = {"base (stock)": src_row.get("base"), "base (adapted)": row.get("base")}
+                keep.update({c: cell for c, cell in row.items()
+                             if c not in ("base", "_reference")})
+                per_view[v] = {"original": {"stock": original[s.name][a.source][v]["map"],
+                                            "adapted": original[s.name][m][v]["map"]},
+                               "points": pts, "keep": keep}
+            per_set[s.name] = per_view
+        out[m] = {"source": a.source, "base_digests": list(a.base_digests), "sets": per_set}
     return out
 
 
@@ -316,6 +396,8 @@ def _robustness(sets, detectors, views, original, curves, codecs, records) -> li
             bpp = r["bpp"][s.name]
             table: dict = {}
             for m in detectors.names:
+                if m not in r["metrics"][s.name]:
+                    continue  # an adapted detector not adapted to this base
                 for v in views[s.name][m]:
                     if "/" in v:
                         continue  # the person-only views stay in the curves

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Detection", "FrameResult"]
+__all__ = ["Detection", "FrameResult", "WeightsInfo"]
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,19 @@ class Detection:
                    box, d.get("mask_polygons"), d.get("mask_rle"))  # type: ignore[arg-type]
 
 
+@dataclass(frozen=True)
+class WeightsInfo:
+    """Which weights produced a result: the cloud stores it with each frame, so an analyst can
+    tell frames analysed by a detector adapted to their base layer from the others."""
+
+    id: str               # the stock detector's name, or the adapted detector's id
+    sha256: str           # hex SHA-256 of the weights file
+    adapted: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"weights": self.id, "sha256": self.sha256[:16], "adapted": self.adapted}
+
+
 @dataclass
 class FrameResult:
     """Everything one model found in one frame.
@@ -69,6 +82,7 @@ class FrameResult:
     detections: list[Detection] = field(default_factory=list)
     frame_id: str | int | None = None
     task: str = "detect"
+    weights: WeightsInfo | None = None
 
     def __len__(self) -> int:
         return len(self.detections)
@@ -83,7 +97,8 @@ class FrameResult:
         """A copy that keeps detections at or above ``min_score`` (and of ``class_ids``)."""
         keep = [d for d in self.detections if d.score >= min_score
                 and (class_ids is None or d.class_id in class_ids)]
-        return FrameResult(self.model_name, self.image_size, keep, self.frame_id, self.task)
+        return FrameResult(self.model_name, self.image_size, keep, self.frame_id, self.task,
+                           self.weights)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -92,11 +107,15 @@ class FrameResult:
             "frame_id": self.frame_id,
             "image_size": list(self.image_size),
             "detections": [d.to_dict() for d in self.detections],
+            **({"weights": self.weights.to_dict()} if self.weights is not None else {}),
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FrameResult:
         h, w = (int(v) for v in d["image_size"])
+        w_d = d.get("weights")
+        weights = (WeightsInfo(str(w_d["weights"]), str(w_d.get("sha256", "")),
+                               bool(w_d.get("adapted", False))) if w_d else None)
         return cls(str(d["model_name"]), (h, w),
                    [Detection.from_dict(x) for x in d.get("detections", [])],
-                   d.get("frame_id"), str(d.get("task", "detect")))
+                   d.get("frame_id"), str(d.get("task", "detect")), weights)

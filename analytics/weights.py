@@ -19,6 +19,7 @@ Ultralytics through :func:`import_ultralytics` sets its offline switches first (
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from dataclasses import dataclass
@@ -28,7 +29,8 @@ from types import ModuleType
 from .errors import WeightsNotFoundError
 
 __all__ = ["ENV_DIR", "ENV_WEIGHTS", "KNOWN_WEIGHTS", "WeightsSource", "downloads_allowed",
-           "ensure_offline_env", "import_ultralytics", "resolve_weights", "weight_dirs"]
+           "ensure_offline_env", "file_sha256", "import_ultralytics", "resolve_weights",
+           "weight_dirs"]
 
 ENV_DIR = "ICM_DETECTOR_DIR"
 ENV_WEIGHTS = "ICM_DETECTOR_WEIGHTS"
@@ -76,6 +78,15 @@ def import_ultralytics() -> ModuleType:
     import ultralytics
 
     return ultralytics
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file: names the exact weights that analysed a frame."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def downloads_allowed() -> bool:

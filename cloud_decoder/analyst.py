@@ -61,7 +61,13 @@ def frame_message(row: FrameRow, enhancement: int = 0, thumbnail: bytes | None =
                                  mask=[pb.MaskPolygon(xy=[float(v) for v in poly])
                                        for poly in d.get("mask_polygons") or ()])
                     for d in row.detections],
-        thumbnail_jpeg=thumbnail or b"")
+        thumbnail_jpeg=thumbnail or b"",
+        analysed_by=[pb.DetectorRun(model=str(r.get("model", "")),
+                                    weights=str(r.get("weights", "")),
+                                    weights_sha256=str(r.get("sha256", "")),
+                                    adapted=bool(r.get("adapted", False)))
+                     for r in row.analysed_by],
+        base_model_id=row.base_model_id, base_model_digest=row.base_digest)
 
 
 class DetectionHub:
@@ -199,7 +205,7 @@ class AnalystServicer(pb_grpc.AnalystServicer):
                        limit=request.limit or 100, after_frame_id=request.after_frame_id,
                        before_frame_id=request.before_frame_id,
                        newest_first=request.newest_first)
-        rows = self.store.frames(q)
+        rows = self.store.with_analysis(self.store.frames(q))
         thumbs = (self.store.thumbnails([(r.camera_id, r.frame_id) for r in rows])
                   if request.include_thumbnails else {})
         states = self._camera_states()
@@ -209,6 +215,7 @@ class AnalystServicer(pb_grpc.AnalystServicer):
     def GetFrame(self, request, context):
         row = self._frame(request.camera_id, request.frame_id, context,
                           with_layer=request.include_image or request.include_thumbnail)
+        self.store.with_analysis([row])
         thumb = None
         image = None
         if request.include_thumbnail:

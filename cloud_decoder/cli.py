@@ -41,6 +41,12 @@ def _cloud_configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights-dir", default=env_default("ICM_DETECTOR_DIR"),
                    help="folder with <name>.pt detector weights [$ICM_DETECTOR_DIR]")
     p.add_argument("--conf", type=float, default=0.25, help="detection score threshold")
+    p.add_argument("--adapted", action="append", default=[], metavar="DIR",
+                   help="folder of adapted detectors (icm adapt-detector), searched before "
+                        "$ICM_ADAPTED_PATH and the shipped ones; frames of a base model with "
+                        "one are analysed by it (repeatable)")
+    p.add_argument("--no-adapted", action="store_true",
+                   help="serve the stock detector weights for every frame")
     p.add_argument("--no-mtls", action="store_true",
                    help="with TLS: do not require edge client certificates")
     p.add_argument("--max-batch", type=int, default=32, help="frames per decode batch")
@@ -129,6 +135,7 @@ def _cloud(args: argparse.Namespace) -> int:
                       max_camera_frames_mb=args.max_camera_frames_mb,
                       human_view_retention_s=args.human_view_retention_s,
                       max_camera_human_views_mb=args.max_camera_human_views_mb,
+                      adapted_dirs=args.adapted, use_adapted=not args.no_adapted,
                       **_operations(args)))
     return 0
 
@@ -168,6 +175,12 @@ def _human_state(frame) -> str:
     return pb.EnhancementState.Name(frame.enhancement).removeprefix("ENHANCEMENT_").lower()
 
 
+def _adapted(frame) -> str:
+    """The adapted weights that analysed a frame, if any (stock weights go unmentioned)."""
+    used = [r.weights for r in frame.analysed_by if r.adapted]
+    return f"  [adapted: {', '.join(used)}]" if used else ""
+
+
 @command("analyst", "query the cloud: cameras, frames, detections, human views", _analyst_configure)
 def _analyst(args: argparse.Namespace) -> int:
     import os
@@ -190,11 +203,14 @@ def _analyst(args: argparse.Namespace) -> int:
         elif args.action == "frames":
             for fr in client.frames(args.camera, args.class_name, args.limit):
                 print(f"{fr.camera_id} {fr.frame_id:8d} {fr.bpp:.4f} bpp {fr.base_bytes:7d} B  "
-                      f"{detection_summary(fr)}")
+                      f"{detection_summary(fr)}{_adapted(fr)}")
         elif args.action == "frame":
             r = client.frame(args.camera, args.frame_id, image=bool(args.output))
             print(json.dumps({"frame_id": r.frame.frame_id, "bpp": r.frame.bpp,
                               "human_view": _human_state(r.frame),
+                              "base_model_id": r.frame.base_model_id,
+                              "analysed_by": [[a.model, a.weights, a.adapted]
+                                              for a in r.frame.analysed_by],
                               "detections": [[d.class_name, round(d.score, 3), list(d.box)]
                                              for d in r.frame.detections]}))
             if args.output:

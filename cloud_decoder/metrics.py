@@ -37,6 +37,10 @@ class CloudMetrics:
                                         "batch", buckets=b, registry=r)
         self.analytics_seconds = Histogram("icm_cloud_analytics_seconds", "Detector time per "
                                            "batch", ["model"], buckets=b, registry=r)
+        self.frames_analysed = Counter("icm_cloud_frames_analysed", "Frames analysed per "
+                                       "detector, by the weights that ran (stock, or adapted to "
+                                       "the frame's base model)", ["model", "weights"],
+                                       registry=r)
         self.batch_frames = Histogram("icm_cloud_batch_frames", "Frames per processing batch",
                                       buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)
         self.capture_to_stored = Histogram("icm_cloud_capture_to_stored_seconds", "From capture "

@@ -49,7 +49,9 @@ def now_us() -> int:
 class IngestPipeline:
     """Args:
         detectors: objects with ``name`` and ``detect(frames) -> [FrameResult]`` (see
-            :mod:`analytics`); empty for no analytics.
+            :mod:`analytics`); empty for no analytics. One with ``routes_by_base`` (an
+            :class:`analytics.served.ServedDetector`) also gets each frame's base digest and
+            answers with the weights adapted to that base where it has them.
         on_stored: called with each newly stored :class:`FrameRow` (live detection streams).
         thumbnail_width: width of the JPEG thumbnail stored with each frame (0: none).
     """
@@ -240,17 +242,25 @@ class IngestPipeline:
     def _analyse(self, todo: list[IngestItem]) -> list[FrameRow]:
         pairs = self._decode(todo) if todo else []
         detections: list[list[dict]] = [[] for _ in pairs]
+        analysed: list[list[dict]] = [[] for _ in pairs]
         images = [d.image for _, d in pairs]  # type: ignore[attr-defined]
+        digests = [d.header.model_digest for _, d in pairs]  # type: ignore[attr-defined]
         if self.detectors and pairs and all(img is not None for img in images):
             for det in self.detectors:
                 t0 = time.perf_counter()
-                results = det.detect(images)
+                results = (det.detect(images, base_digests=digests)
+                           if getattr(det, "routes_by_base", False) else det.detect(images))
                 self.metrics.analytics_seconds.labels(det.name).observe(time.perf_counter() - t0)
                 for i, res in enumerate(results):
                     detections[i].extend({**d.to_dict(), "model": det.name}
                                          for d in res.detections)
+                    used = getattr(res, "weights", None)
+                    run = {"model": det.name, **(used.to_dict() if used is not None else
+                                                 {"weights": det.name, "adapted": False})}
+                    analysed[i].append(run)
+                    self.metrics.frames_analysed.labels(det.name, run["weights"]).inc()
         rows = []
-        for (it, dec), dets in zip(pairs, detections, strict=True):
+        for (it, dec), dets, runs in zip(pairs, detections, analysed, strict=True):
             h = dec.header  # type: ignore[attr-defined]
             n = len(it.frame.layer)
             rows.append(FrameRow(
@@ -262,5 +272,6 @@ class IngestPipeline:
                 base_layer=bytes(it.frame.layer), epoch=it.session.epoch,
                 edge_frame_id=it.frame.frame_id,
                 thumbnail=None if dec.image is None or not self.thumbnail_width
-                else jpeg_thumbnail(dec.image, self.thumbnail_width)))
+                else jpeg_thumbnail(dec.image, self.thumbnail_width),
+                base_model_id=h.model_id, base_digest=h.model_digest.hex(), analysed_by=runs))
         return rows

@@ -104,6 +104,10 @@ class CloudConfig:
     max_connection_age_grace_s: float = 30.0
     edge_stats_s: float = 10.0          # edges send their counters this often (0: never)
     presence_interval_s: float = 30.0   # refresh per-camera state gauges from the database
+    # Detectors adapted to machine images (analytics.adapted): folders searched before
+    # $ICM_ADAPTED_PATH and the shipped ones; use_adapted=False serves the stock weights only.
+    adapted_dirs: list[str] = field(default_factory=list)
+    use_adapted: bool = True
 
     @property
     def retention(self) -> RetentionPolicy:
@@ -243,13 +247,32 @@ def _replace(handler: grpc.RpcMethodHandler, w: Callable) -> grpc.RpcMethodHandl
 
 
 def load_detectors(config: CloudConfig) -> list:
-    """The configured detectors (analytics package); none when the list is empty."""
+    """The configured detectors (analytics package); none when the list is empty.
+
+    Each is a slot that serves frames of a base model with weights adapted to it, where an
+    adapted detector for that base digest is on the search path (analytics.served).
+    """
     if not config.detectors:
         return []
     from analytics import Detector
 
-    return [Detector(name, weights_dir=config.weights_dir, device=config.device,
-                     conf=config.detector_conf) for name in config.detectors]
+    kw = {"device": config.device, "conf": config.detector_conf}
+    stock = [Detector(name, weights_dir=config.weights_dir, **kw) for name in config.detectors]
+    if not config.use_adapted:
+        return stock
+    from pathlib import Path
+
+    from analytics.adapted import adapted_dirs, find_adapted
+    from analytics.served import ServedDetector
+
+    for d in config.adapted_dirs:
+        if not Path(d).is_dir():
+            raise ValueError(f"adapted-detector folder not found: {d}")
+    found = find_adapted(adapted_dirs(config.adapted_dirs))
+    slots = [ServedDetector.build(det, found, **kw) for det in stock]
+    for slot in slots:
+        log.info("detector %s", slot.describe())
+    return slots
 
 
 class CloudServer:

@@ -59,6 +59,9 @@ CREATE TABLE IF NOT EXISTS thumbnails (
 CREATE TABLE IF NOT EXISTS human_views (
     camera_id TEXT NOT NULL, frame_id BIGINT NOT NULL, png {blob} NOT NULL,
     enhancement_bytes INTEGER NOT NULL, PRIMARY KEY (camera_id, frame_id));
+CREATE TABLE IF NOT EXISTS frame_analysis (
+    camera_id TEXT NOT NULL, frame_id BIGINT NOT NULL, base_model_id TEXT NOT NULL,
+    base_digest TEXT NOT NULL, analysed_by TEXT NOT NULL, PRIMARY KEY (camera_id, frame_id));
 CREATE TABLE IF NOT EXISTS epochs (
     camera_id TEXT NOT NULL, epoch TEXT NOT NULL, generation INTEGER NOT NULL,
     frame_offset BIGINT NOT NULL, last_frame_id BIGINT NOT NULL DEFAULT 0,
@@ -111,6 +114,11 @@ class FrameRow:
     edge_frame_id: int = 0          # the edge's id within ``epoch`` (0: same as frame_id)
     human_view_cached: bool = False
     thumbnail: bytes | None = None    # JPEG of the machine image (cloud_decoder.thumbnails)
+    # the base model that coded the frame, and each detector's weights that analysed it
+    # ({"model", "weights", "sha256", "adapted"}); kept in the frame_analysis table
+    base_model_id: str = ""
+    base_digest: str = ""
+    analysed_by: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def class_names(self) -> set[str]:
@@ -426,11 +434,36 @@ class Store:
                         cur.execute(self._q("INSERT INTO thumbnails VALUES (?, ?, ?) ON "
                                             "CONFLICT DO NOTHING"),
                                     (f.camera_id, f.frame_id, f.thumbnail))
+                    if f.base_digest or f.analysed_by:
+                        cur.execute(self._q("INSERT INTO frame_analysis VALUES (?, ?, ?, ?, ?) "
+                                            "ON CONFLICT DO NOTHING"),
+                                    (f.camera_id, f.frame_id, f.base_model_id, f.base_digest,
+                                     json.dumps(f.analysed_by)))
             for (cam, epoch), last in marks.items():
                 cur.execute(self._q("UPDATE epochs SET last_frame_id = ? WHERE camera_id = ? "
                                     "AND epoch = ? AND last_frame_id < ?"),
                             (last, cam, epoch, last))
         return out
+
+    def with_analysis(self, rows: Sequence[FrameRow]) -> list[FrameRow]:
+        """``rows`` with their base model and detector weights filled in (one query per
+        camera and 500 frames)."""
+        by_cam: dict[str, list[int]] = {}
+        for r in rows:
+            by_cam.setdefault(r.camera_id, []).append(int(r.frame_id))
+        found: dict[tuple[str, int], tuple] = {}
+        for cam, ids in by_cam.items():
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                found.update(((cam, int(r[0])), r[1:]) for r in self._all(
+                    "SELECT frame_id, base_model_id, base_digest, analysed_by FROM "
+                    f"frame_analysis WHERE camera_id = ? AND frame_id IN "
+                    f"({', '.join('?' * len(chunk))})", (cam, *chunk)))
+        for r in rows:
+            a = found.get((r.camera_id, int(r.frame_id)))
+            if a is not None:
+                r.base_model_id, r.base_digest, r.analysed_by = a[0], a[1], json.loads(a[2])
+        return list(rows)
 
     @staticmethod
     def _row(r: tuple, with_layer: bool = False) -> FrameRow:
@@ -566,7 +599,7 @@ class Store:
                     where = " OR ".join(c for c, _ in conds)
                     args = tuple(a for _, vals in conds for a in vals)
                     sub = f"SELECT frame_id FROM frames WHERE camera_id = ? AND ({where})"
-                    for table in ("frame_classes", "thumbnails", "human_views"):
+                    for table in ("frame_classes", "thumbnails", "frame_analysis", "human_views"):
                         cur.execute(self._q(f"DELETE FROM {table} WHERE camera_id = ? AND "
                                             f"frame_id IN ({sub})"), (cam, cam, *args))
                     counts["human_views"] += max(0, cur.rowcount)  # (the last: human_views)

@@ -75,7 +75,10 @@ def frame_json(f: pb.FrameRecord) -> dict[str, Any]:
                             "score": round(d.score, 4), "box": [round(v, 1) for v in d.box],
                             "model": d.model,
                             "mask": [[round(v, 1) for v in p.xy] for p in d.mask]}
-                           for d in f.detections]}
+                           for d in f.detections],
+            "base_model_id": f.base_model_id,
+            "analysed_by": [{"model": a.model, "weights": a.weights, "adapted": a.adapted}
+                            for a in f.analysed_by]}
 
 
 @dataclass

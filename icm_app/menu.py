@@ -38,6 +38,9 @@ MENU: tuple[MenuEntry, ...] = (
     MenuEntry("eval-machine", "analytics.cli", "cloud",
               "machine-vision benchmark: mAP vs bpp of base layer, human layer, JPEG, WebP, "
               "AVIF"),
+    MenuEntry("adapt-detector", "analytics.cli", "cloud",
+              "fine-tune a YOLO detector on machine images of real base layers (resumable); the "
+              "cloud serves it for frames of those bases"),
     MenuEntry("edge", "edge_encoder.cli", "edge",
               "run an edge encoder: capture, encode, stream base layers to the cloud"),
     MenuEntry("cloud", "cloud_decoder.cli", "cloud",

@@ -69,7 +69,8 @@ def test_cli_refuses_and_says_how(tmp_path, capsys) -> None:
 def _row(cam: str, fid: int, capture_us: int, nbytes: int, cls: str = "") -> FrameRow:
     dets = [{"class_name": cls}] if cls else []
     return FrameRow(cam, fid, capture_us, capture_us, capture_us, 8, 8, nbytes, 0.1, dets,
-                    b"x" * nbytes, "e", fid)
+                    b"x" * nbytes, "e", fid, base_model_id="base-x", base_digest="ab" * 16,
+                    analysed_by=[{"model": "yolo11n", "weights": "yolo11n", "adapted": False}])
 
 
 def test_retention_bounds_per_camera_oldest_first(tmp_path) -> None:
@@ -89,6 +90,9 @@ def test_retention_bounds_per_camera_oldest_first(tmp_path) -> None:
             assert [f.frame_id for f in store.frames(FrameQuery(cam))] == list(range(5, 11))
         assert [f.frame_id for f in store.frames(FrameQuery("a", class_name="person"))] == \
             list(range(5, 11))                                   # class index cleaned too
+        analysed = store._all("SELECT frame_id FROM frame_analysis WHERE camera_id = 'a'", ())
+        assert sorted(int(r[0]) for r in analysed) == list(range(5, 11))  # and what analysed them
+        assert store.with_analysis(store.frames(FrameQuery("a")))[0].base_model_id == "base-x"
         # size: 350 bytes of base layers per camera keep the newest 3 frames (8, 9, 10)
         got = store.apply_retention(RetentionPolicy(frame_bytes=350), now)
         assert got["frames"] == 6
