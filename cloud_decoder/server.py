@@ -48,7 +48,7 @@ from icm_rpc.protos import Undecodable, lenient
 from icm_rpc.tls import TLSFiles, server_credentials
 
 from .analyst import AnalystServicer, DetectionHub
-from .decoders import CodecDecoder, NoopDecoder
+from .decoders import CodecDecoder, Decoder, NoopDecoder
 from .edge_link import EdgeLinkServicer
 from .edge_stats import EdgeStatsCollector
 from .forwarding import Forwarder
@@ -289,8 +289,8 @@ class CloudServer:
         self.metrics = CloudMetrics()
         self.metrics_server = MetricsServer(self.metrics.registry, c.metrics_port)
         self.store = store or open_store(c.db)
-        self.decoder: NoopDecoder = CodecDecoder(c.device) if c.decoder == "codec" \
-            else NoopDecoder()
+        codec = CodecDecoder(c.device) if c.decoder == "codec" else None
+        self.decoder: Decoder = codec or NoopDecoder()
         self.detectors = load_detectors(c) if detectors is None else detectors
         if c.decoder == "noop":
             self.detectors = []
@@ -334,7 +334,7 @@ class CloudServer:
         self._set_limits()
         pb_grpc.add_EdgeLinkServicer_to_server(self.edge_link, self.server)
         pb_grpc.add_AnalystServicer_to_server(AnalystServicer(
-            self.store, self.sessions, self.decoder if c.decoder == "codec" else None,  # type: ignore[arg-type]
+            self.store, self.sessions, codec,
             self.hub, self.metrics, enhancement_timeout_s=c.enhancement_timeout_s,
             forwarder=self.forwarder), self.server)
         self._housekeeping = threading.Thread(target=self._housekeep, name="cloud-housekeeping",
