@@ -47,6 +47,7 @@ from icm_rpc.metrics import MetricsServer
 from icm_rpc.protos import Undecodable, lenient
 from icm_rpc.tls import TLSFiles, server_credentials
 
+from . import defaults
 from .analyst import AnalystServicer, DetectionHub
 from .decoders import CodecDecoder, Decoder, NoopDecoder
 from .edge_link import EdgeLinkServicer
@@ -69,7 +70,7 @@ SERVICE_NAMES = ("icm.v1.EdgeLink", "icm.v1.Analyst")
 class CloudConfig:
     listen: str = "127.0.0.1:50051"
     analyst_listen: str = ""          # a second port for analysts (TLS without client certs)
-    db: str = "cloud.sqlite3"         # SQLite path / sqlite:/// URL, or postgresql://...
+    db: str = defaults.DB             # SQLite path / sqlite:/// URL, or postgresql://...
     decoder: str = "codec"            # codec | noop (service-overhead benchmark)
     device: str = "cpu"
     detectors: list[str] = field(default_factory=lambda: ["yolo11n"])
