@@ -16,7 +16,12 @@ __all__ = ["Detection", "FrameResult", "WeightsInfo"]
 
 @dataclass(frozen=True)
 class Detection:
-    """One object found in one frame."""
+    """One object found in one frame.
+
+    ``model`` names the detector that found it; empty inside a :class:`FrameResult` (whose
+    ``model_name`` says it), set where detections of several models are pooled, as the cloud
+    stores them.
+    """
 
     class_id: int
     class_name: str
@@ -24,6 +29,7 @@ class Detection:
     box_xyxy: tuple[float, float, float, float]
     mask_polygons: list[list[float]] | None = None
     mask_rle: dict[str, Any] | None = None
+    model: str = ""
 
     @property
     def box_xywh(self) -> tuple[float, float, float, float]:
@@ -45,15 +51,24 @@ class Detection:
             out["mask_polygons"] = [[round(float(v), 1) for v in p] for p in self.mask_polygons]
         if self.mask_rle is not None:
             out["mask_rle"] = dict(self.mask_rle)
+        if self.model:
+            out["model"] = self.model
         return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Detection:
-        box = tuple(float(v) for v in d["box_xyxy"])
+        box = [float(v) for v in d["box_xyxy"]]
         if len(box) != 4:
             raise ValueError(f"box_xyxy needs 4 numbers, got {len(box)}")
+        x1, y1, x2, y2 = box
         return cls(int(d["class_id"]), str(d.get("class_name", "")), float(d["score"]),
-                   box, d.get("mask_polygons"), d.get("mask_rle"))  # type: ignore[arg-type]
+                   (x1, y1, x2, y2), d.get("mask_polygons"), d.get("mask_rle"),
+                   str(d.get("model", "")))
+
+    def tagged(self, model: str) -> Detection:
+        """This detection as the cloud keeps it: named by ``model`` and rounded as its JSON
+        form is, so a live update and a later query of the stored frame give equal numbers."""
+        return Detection.from_dict({**self.to_dict(), "model": model})
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import grpc
 import numpy as np
 
+from analytics.results import Detection
 from icm_rpc import pb, pb_grpc
 
 from .decoders import CodecDecoder, RejectedLayerError
@@ -20,7 +21,8 @@ from .sessions import EnhancementUnavailableError, SessionRegistry
 from .storage import FrameQuery, FrameRow, Store
 from .thumbnails import jpeg_thumbnail
 
-__all__ = ["AnalystServicer", "DetectionHub", "enhancement_state", "frame_message", "png_bytes"]
+__all__ = ["AnalystServicer", "DetectionHub", "detection_message", "enhancement_state",
+           "frame_message", "png_bytes"]
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -46,6 +48,12 @@ def enhancement_state(row: FrameRow, camera: tuple[str, int, str] | None) -> int
     return pb.ENHANCEMENT_AT_EDGE
 
 
+def detection_message(d: Detection) -> pb.Detection:
+    return pb.Detection(class_id=d.class_id, class_name=d.class_name, score=d.score,
+                        box=list(d.box_xyxy), model=d.model,
+                        mask=[pb.MaskPolygon(xy=poly) for poly in d.mask_polygons or ()])
+
+
 def frame_message(row: FrameRow, enhancement: int = 0, thumbnail: bytes | None = None
                   ) -> pb.FrameRecord:
     return pb.FrameRecord(
@@ -53,14 +61,7 @@ def frame_message(row: FrameRow, enhancement: int = 0, thumbnail: bytes | None =
         arrival_time_us=row.arrival_us, stored_time_us=row.stored_us,
         base_bytes=row.base_bytes, bpp=row.bpp, width=row.width, height=row.height,
         edge_epoch=row.epoch, edge_frame_id=row.edge_frame_id, enhancement=enhancement,
-        detections=[pb.Detection(class_id=int(d.get("class_id", -1)),
-                                 class_name=str(d.get("class_name", "")),
-                                 score=float(d.get("score", 0.0)),
-                                 box=[float(v) for v in d.get("box_xyxy", ())],
-                                 model=str(d.get("model", "")),
-                                 mask=[pb.MaskPolygon(xy=[float(v) for v in poly])
-                                       for poly in d.get("mask_polygons") or ()])
-                    for d in row.detections],
+        detections=[detection_message(d) for d in row.detections],
         thumbnail_jpeg=thumbnail or b"",
         analysed_by=[pb.DetectorRun(model=str(r.get("model", "")),
                                     weights=str(r.get("weights", "")),

@@ -17,6 +17,8 @@ from icm_rpc.cli_common import (
     tls_files,
 )
 
+from . import defaults
+
 __all__ = ["COMMANDS"]
 
 COMMANDS = CommandTable()
@@ -29,12 +31,14 @@ def _cloud_configure(p: argparse.ArgumentParser) -> None:
                    help="address for edges (and analysts); a non-loopback address needs TLS "
                         "(or --insecure) [$ICM_LISTEN]")
     p.add_argument("--analyst-listen", default=env_default("ICM_ANALYST_LISTEN", ""),
-                   help="separate analyst address (TLS without client certificates)")
-    p.add_argument("--db", default=env_default("ICM_CLOUD_DB", "cloud-data/cloud.sqlite3"),
+                   help="separate analyst address (TLS without client certificates) "
+                        "[$ICM_ANALYST_LISTEN]")
+    p.add_argument("--db", default=env_default("ICM_CLOUD_DB", defaults.DB),
                    help="SQLite path or sqlite:/// URL, or postgresql://... [$ICM_CLOUD_DB]")
     p.add_argument("--decoder", choices=["codec", "noop"], default="codec",
                    help="noop: check containers only (service-overhead benchmark)")
-    p.add_argument("--device", default=env_default("ICM_DEVICE", "cpu"), help="cpu or cuda")
+    p.add_argument("--device", default=env_default("ICM_DEVICE", "cpu"),
+                   help="cpu or cuda [$ICM_DEVICE]")
     p.add_argument("--detectors", default=env_default("ICM_DETECTORS", "yolo11n"),
                    help="comma-separated detector names or .pt paths, or 'none' "
                         "[$ICM_DETECTORS]")
@@ -56,7 +60,7 @@ def _cloud_configure(p: argparse.ArgumentParser) -> None:
                         "(about 7 KB at 256; 0: none, made when first asked) "
                         "[$ICM_THUMBNAIL_WIDTH]")
     p.add_argument("--instance", default=env_default("ICM_INSTANCE", ""),
-                   help="this instance's name (default host:port)")
+                   help="this instance's name (default host:port) [$ICM_INSTANCE]")
     p.add_argument("--advertise", default=env_default("ICM_ADVERTISE", ""),
                    help="analyst address other cloud instances use to reach this one (several "
                         "instances on one PostgreSQL database) [$ICM_ADVERTISE]")
@@ -144,7 +148,8 @@ def _cloud(args: argparse.Namespace) -> int:
 def _analyst_configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cloud", default=env_default("ICM_CLOUD", "localhost:50051"),
                    help="cloud analyst address [$ICM_CLOUD]")
-    p.add_argument("--tls-ca", default=env_default("ICM_TLS_CA"), help="CA of the cloud's cert")
+    p.add_argument("--tls-ca", default=env_default("ICM_TLS_CA"),
+                   help="CA of the cloud's cert [$ICM_TLS_CA]")
     p.add_argument("--server-name", default="", help="TLS name to expect from the cloud")
     p.add_argument("--timeout", type=float, default=60.0)
     sub = p.add_subparsers(dest="action", required=True)

@@ -4,8 +4,9 @@ The model that coded a layer is named by the weights digest in its header, so th
 no per-camera configuration: it finds the package on the model search path
 (``$ICM_MODEL_PATH`` and the shipped weights) and caches the loaded codec.
 
-:class:`NoopDecoder` validates the container only; the throughput benchmark uses it to measure
-what the service itself costs.
+The ingest pipeline depends on the :class:`Decoder` protocol only. Two implementations:
+:class:`CodecDecoder` (the codec library) and :class:`NoopDecoder`, which validates the
+container only; the throughput benchmark uses it to measure what the service itself costs.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -29,8 +31,8 @@ from icm_codec.errors import (
 )
 from icm_codec.registry import find_package
 
-__all__ = ["REJECT_REASONS", "CodecDecoder", "Decoded", "NoopDecoder", "RejectedLayerError",
-           "reject_reason"]
+__all__ = ["REJECT_REASONS", "CodecDecoder", "Decoded", "Decoder", "NoopDecoder",
+           "RejectedLayerError", "reject_reason"]
 
 # The ``reason`` label of icm_cloud_frames_rejected_total: a fixed set, so that a hostile or
 # broken layer cannot make label values (the message, with its model ids, goes to the edge and
@@ -65,22 +67,41 @@ class Decoded:
     image: np.ndarray | None  # the machine image (None for the no-op decoder)
 
 
+class Decoder(Protocol):
+    """What the ingest pipeline needs of a base-layer decoder."""
+
+    name: str
+
+    def check(self, layer: bytes) -> LayerHeader:
+        """The layer's header, or :class:`RejectedLayerError` if it cannot be decoded."""
+        ...
+
+    def decode(self, layers: Sequence[bytes]) -> list[Decoded]:
+        """One :class:`Decoded` per layer, in order; every layer has passed :meth:`check`."""
+        ...
+
+
+def container_header(layer: bytes) -> LayerHeader:
+    """The header of a well-formed layer container (checksum included)."""
+    try:
+        return unpack_layer(layer).header
+    except ICMError as e:
+        raise RejectedLayerError(f"corrupt base layer: {e}", reject_reason(e)) from e
+
+
 class NoopDecoder:
     """Parses and checks the container, decodes nothing."""
 
     name = "noop"
 
     def check(self, layer: bytes) -> LayerHeader:
-        try:
-            return unpack_layer(layer).header
-        except ICMError as e:
-            raise RejectedLayerError(f"corrupt base layer: {e}", reject_reason(e)) from e
+        return container_header(layer)
 
     def decode(self, layers: Sequence[bytes]) -> list[Decoded]:
-        return [Decoded(self.check(b), None) for b in layers]
+        return [Decoded(container_header(b), None) for b in layers]
 
 
-class CodecDecoder(NoopDecoder):
+class CodecDecoder:
     """Real decoding with the codec library; thread-safe (one lock per process: the device is
     the bottleneck anyway). Frames of one model and size are decoded as one batch."""
 
@@ -119,7 +140,7 @@ class CodecDecoder(NoopDecoder):
         return codec
 
     def check(self, layer: bytes) -> LayerHeader:
-        header = super().check(layer)
+        header = container_header(layer)
         with self._lock:
             codec = self.codec(header)
         try:
@@ -131,17 +152,16 @@ class CodecDecoder(NoopDecoder):
     def decode(self, layers: Sequence[bytes]) -> list[Decoded]:
         """Every layer must have passed :meth:`check`."""
         headers = [unpack_layer(b).header for b in layers]
-        out: list[Decoded | None] = [None] * len(layers)
+        images: dict[int, np.ndarray] = {}
         groups: dict[bytes, list[int]] = {}
         for i, h in enumerate(headers):
             groups.setdefault(h.model_digest, []).append(i)
         with self._lock:
             for idx in groups.values():
                 codec = self.codec(headers[idx[0]])
-                images = codec.decode_machine_batch([layers[i] for i in idx])
-                for i, img in zip(idx, images, strict=True):
-                    out[i] = Decoded(headers[i], img)
-        return out  # type: ignore[return-value]
+                batch = codec.decode_machine_batch([layers[i] for i in idx])
+                images.update(zip(idx, batch, strict=True))
+        return [Decoded(h, images[i]) for i, h in enumerate(headers)]
 
     def decode_human(self, base: bytes, enhancement: bytes) -> np.ndarray:
         try:

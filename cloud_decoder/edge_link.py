@@ -161,8 +161,10 @@ class EdgeLinkServicer(pb_grpc.EdgeLinkServicer):
             self.sessions.open(session)
             self.metrics.active_sessions.set(len(self.sessions))
             self._camera_up(session)
-            log.info("camera %s connected from %s (epoch %r, offset %d, stored up to its frame "
-                     "%d)", hello.camera_id, context.peer(), hello.epoch, info.offset,
+            log.info("camera %s connected from %s (edge %s, base %s %s; epoch %r, offset %d, "
+                     "stored up to its frame %d)", hello.camera_id, context.peer(),
+                     hello.software_version or "?", hello.base_model_id or "?",
+                     hello.base_model_digest[:12], hello.epoch, info.offset,
                      info.last_frame_id)
             reader.session = session
             reader.ready.set()

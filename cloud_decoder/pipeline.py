@@ -19,10 +19,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from analytics.results import Detection
 from icm_rpc import pb
 from icm_rpc.backoff import Backoff
 
-from .decoders import NoopDecoder, RejectedLayerError, reject_reason
+from .decoders import Decoded, Decoder, RejectedLayerError, reject_reason
 from .metrics import CloudMetrics
 from .sessions import EdgeSession
 from .storage import FrameRow, Store, StoreUnavailableError
@@ -56,7 +57,7 @@ class IngestPipeline:
         thumbnail_width: width of the JPEG thumbnail stored with each frame (0: none).
     """
 
-    def __init__(self, store: Store, decoder: NoopDecoder, detectors: Sequence,
+    def __init__(self, store: Store, decoder: Decoder, detectors: Sequence,
                  metrics: CloudMetrics, *, max_batch: int = 32, max_queue: int = 4096,
                  on_stored: Callable[[FrameRow], None] | None = None,
                  thumbnail_width: int = THUMBNAIL_WIDTH,
@@ -210,7 +211,7 @@ class IngestPipeline:
                 self.on_camera_frame(row.camera_id, row.capture_us)
             m.capture_to_stored.observe(max(0.0, (stored_us - row.capture_us) / 1e6))
             for d in row.detections:
-                m.detections.labels(d.get("class_name", "")).inc()
+                m.detections.labels(d.class_name).inc()
             if self.on_stored is not None:
                 self.on_stored(row)
         last: dict[int, tuple[EdgeSession, int]] = {}
@@ -220,7 +221,7 @@ class IngestPipeline:
             session.ack(frame_id)
         return rows
 
-    def _decode(self, todo: list[IngestItem]) -> list[tuple[IngestItem, object]]:
+    def _decode(self, todo: list[IngestItem]) -> list[tuple[IngestItem, Decoded]]:
         t0 = time.perf_counter()
         try:
             decoded = self.decoder.decode([it.frame.layer for it in todo])
@@ -241,10 +242,10 @@ class IngestPipeline:
 
     def _analyse(self, todo: list[IngestItem]) -> list[FrameRow]:
         pairs = self._decode(todo) if todo else []
-        detections: list[list[dict]] = [[] for _ in pairs]
+        detections: list[list[Detection]] = [[] for _ in pairs]
         analysed: list[list[dict]] = [[] for _ in pairs]
-        images = [d.image for _, d in pairs]  # type: ignore[attr-defined]
-        digests = [d.header.model_digest for _, d in pairs]  # type: ignore[attr-defined]
+        images = [d.image for _, d in pairs]
+        digests = [d.header.model_digest for _, d in pairs]
         if self.detectors and pairs and all(img is not None for img in images):
             for det in self.detectors:
                 t0 = time.perf_counter()
@@ -252,8 +253,7 @@ class IngestPipeline:
                            if getattr(det, "routes_by_base", False) else det.detect(images))
                 self.metrics.analytics_seconds.labels(det.name).observe(time.perf_counter() - t0)
                 for i, res in enumerate(results):
-                    detections[i].extend({**d.to_dict(), "model": det.name}
-                                         for d in res.detections)
+                    detections[i].extend(d.tagged(det.name) for d in res.detections)
                     used = getattr(res, "weights", None)
                     run = {"model": det.name, **(used.to_dict() if used is not None else
                                                  {"weights": det.name, "adapted": False})}
@@ -261,7 +261,7 @@ class IngestPipeline:
                     self.metrics.frames_analysed.labels(det.name, run["weights"]).inc()
         rows = []
         for (it, dec), dets, runs in zip(pairs, detections, analysed, strict=True):
-            h = dec.header  # type: ignore[attr-defined]
+            h = dec.header
             n = len(it.frame.layer)
             rows.append(FrameRow(
                 camera_id=it.session.camera_id,

@@ -47,8 +47,9 @@ from icm_rpc.metrics import MetricsServer
 from icm_rpc.protos import Undecodable, lenient
 from icm_rpc.tls import TLSFiles, server_credentials
 
+from . import defaults
 from .analyst import AnalystServicer, DetectionHub
-from .decoders import CodecDecoder, NoopDecoder
+from .decoders import CodecDecoder, Decoder, NoopDecoder
 from .edge_link import EdgeLinkServicer
 from .edge_stats import EdgeStatsCollector
 from .forwarding import Forwarder
@@ -69,7 +70,7 @@ SERVICE_NAMES = ("icm.v1.EdgeLink", "icm.v1.Analyst")
 class CloudConfig:
     listen: str = "127.0.0.1:50051"
     analyst_listen: str = ""          # a second port for analysts (TLS without client certs)
-    db: str = "cloud.sqlite3"         # SQLite path / sqlite:/// URL, or postgresql://...
+    db: str = defaults.DB             # SQLite path / sqlite:/// URL, or postgresql://...
     decoder: str = "codec"            # codec | noop (service-overhead benchmark)
     device: str = "cpu"
     detectors: list[str] = field(default_factory=lambda: ["yolo11n"])
@@ -289,8 +290,8 @@ class CloudServer:
         self.metrics = CloudMetrics()
         self.metrics_server = MetricsServer(self.metrics.registry, c.metrics_port)
         self.store = store or open_store(c.db)
-        self.decoder: NoopDecoder = CodecDecoder(c.device) if c.decoder == "codec" \
-            else NoopDecoder()
+        codec = CodecDecoder(c.device) if c.decoder == "codec" else None
+        self.decoder: Decoder = codec or NoopDecoder()
         self.detectors = load_detectors(c) if detectors is None else detectors
         if c.decoder == "noop":
             self.detectors = []
@@ -334,7 +335,7 @@ class CloudServer:
         self._set_limits()
         pb_grpc.add_EdgeLinkServicer_to_server(self.edge_link, self.server)
         pb_grpc.add_AnalystServicer_to_server(AnalystServicer(
-            self.store, self.sessions, self.decoder if c.decoder == "codec" else None,  # type: ignore[arg-type]
+            self.store, self.sessions, codec,
             self.hub, self.metrics, enhancement_timeout_s=c.enhancement_timeout_s,
             forwarder=self.forwarder), self.server)
         self._housekeeping = threading.Thread(target=self._housekeep, name="cloud-housekeeping",

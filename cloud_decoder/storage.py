@@ -30,10 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from analytics.results import Detection
 from icm_rpc.redact import redact_url, url_secrets
 
 __all__ = ["CameraRow", "EpochInfo", "FrameQuery", "FrameRow", "RetentionPolicy", "Store",
-           "StoreUnavailableError", "open_store", "redact_url"]
+           "StoreUnavailableError", "detections_from_json", "detections_json", "open_store",
+           "redact_url"]
 
 log = logging.getLogger("icm.cloud")
 
@@ -108,7 +110,7 @@ class FrameRow:
     height: int
     base_bytes: int
     bpp: float
-    detections: list[dict[str, Any]] = field(default_factory=list)
+    detections: list[Detection] = field(default_factory=list)
     base_layer: bytes | None = None
     epoch: str = ""
     edge_frame_id: int = 0          # the edge's id within ``epoch`` (0: same as frame_id)
@@ -122,7 +124,17 @@ class FrameRow:
 
     @property
     def class_names(self) -> set[str]:
-        return {str(d.get("class_name", "")) for d in self.detections}
+        return {d.class_name for d in self.detections}
+
+
+def detections_json(detections: Sequence[Detection]) -> str:
+    """The ``frames.detections`` column: a JSON list of :meth:`Detection.to_dict` (with each
+    one's ``model``); this and :func:`detections_from_json` are the only readers and writers."""
+    return json.dumps([d.to_dict() for d in detections])
+
+
+def detections_from_json(text: str) -> list[Detection]:
+    return [Detection.from_dict(d) for d in json.loads(text)]
 
 
 @dataclass
@@ -419,7 +431,7 @@ class Store:
                     f"INSERT INTO frames ({_FRAME_COLS}, base_layer) VALUES (?, ?, ?, ?, ?, ?, "
                     "?, ?, ?, ?, ?, ?, ?) ON CONFLICT (camera_id, frame_id) DO NOTHING"),
                     (f.camera_id, f.frame_id, f.capture_us, f.arrival_us, f.stored_us, f.width,
-                     f.height, f.base_bytes, f.bpp, json.dumps(f.detections), f.epoch,
+                     f.height, f.base_bytes, f.bpp, detections_json(f.detections), f.epoch,
                      edge_id, f.base_layer or b""))
                 new = cur.rowcount == 1
                 out.append(new)
@@ -470,7 +482,7 @@ class Store:
         layer = bytes(r[12]) if with_layer else None
         cached = bool(r[13 if with_layer else 12])
         return FrameRow(r[0], int(r[1]), int(r[2]), int(r[3]), int(r[4]), int(r[5]), int(r[6]),
-                        int(r[7]), float(r[8]), json.loads(r[9]), layer, r[10],
+                        int(r[7]), float(r[8]), detections_from_json(r[9]), layer, r[10],
                         int(r[11]) or int(r[1]), cached)
 
     def _cols(self, with_layer: bool) -> str:

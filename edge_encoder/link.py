@@ -37,6 +37,7 @@ import grpc
 from icm_rpc import pb, pb_grpc
 from icm_rpc.backoff import Backoff
 from icm_rpc.channels import open_channel
+from icm_rpc.metrics import software_version
 from icm_rpc.tls import TLSFiles, client_credentials
 
 from .encoder import EdgeEncoder
@@ -241,9 +242,9 @@ class EdgeLink:
             self.on_connection(True)
         self.backoff.reset()
         conn.welcome.set()
-        log.info("connected to %s (cloud has frames up to %d of epoch %r; the camera's ids "
-                 "are this epoch's + %d)", self.target, last, self.spool.epoch,
-                 w.frame_id_offset)
+        log.info("connected to %s, instance %s (cloud has frames up to %d of epoch %r; the "
+                 "camera's ids are this epoch's + %d)", self.target, w.cloud_instance or "?",
+                 last, self.spool.epoch, w.frame_id_offset)
 
     def _ack(self, frame_id: int) -> None:
         if frame_id <= self._acked:
@@ -268,7 +269,7 @@ class EdgeLink:
 
     def _messages(self, conn: _Conn) -> Iterator[pb.EdgeMessage]:
         hello = pb.Hello(camera_id=self.camera_id, capabilities=list(CAPABILITIES),
-                         epoch=self.spool.epoch,
+                         software_version=software_version(), epoch=self.spool.epoch,
                          retained_from_frame_id=self.spool.retained_from(),
                          **self.hello_extra())
         yield pb.EdgeMessage(hello=hello)

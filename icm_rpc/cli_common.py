@@ -38,9 +38,11 @@ def add_common_flags(p: argparse.ArgumentParser, metrics_port: int) -> None:
                         "[$ICM_METRICS_PORT]")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     p.add_argument("--log-level", default=env_default("ICM_LOG_LEVEL", "info"),
-                   choices=["debug", "info", "warning", "error"])
+                   choices=["debug", "info", "warning", "error"],
+                   help="log verbosity [$ICM_LOG_LEVEL]")
     p.add_argument("--log-format", default=env_default("ICM_LOG_FORMAT", "text"),
-                   choices=["text", "json"])
+                   choices=["text", "json"],
+                   help="json: one object per line, for log collectors [$ICM_LOG_FORMAT]")
 
 
 def tls_files(args: argparse.Namespace) -> TLSFiles:

@@ -96,7 +96,7 @@ def measure(video: Path, detectors: Path, frames: int) -> dict:
 
     det = Detector("yolo11n", weights_dir=str(detectors))
     results = det.detect(images)
-    dets = [[{**d.to_dict(), "model": "yolo11n"} for d in r.detections] for r in results]
+    dets = [[d.tagged("yolo11n") for d in r.detections] for r in results]
     out["detections_per_frame"] = round(sum(map(len, dets)) / len(dets), 2)
     out["classes_per_frame"] = round(sum(len({d["class_name"] for d in f}) for f in dets)
                                      / len(dets), 2)

@@ -9,9 +9,18 @@ import numpy as np
 import pytest
 from helpers import wait_for
 
+from analytics.results import Detection
 from cloud_decoder import CloudConfig, CloudServer
+from cloud_decoder.analyst import detection_message
 from cloud_decoder.server import InsecureConfigError, is_loopback
-from cloud_decoder.storage import FrameQuery, FrameRow, RetentionPolicy, open_store
+from cloud_decoder.storage import (
+    FrameQuery,
+    FrameRow,
+    RetentionPolicy,
+    detections_from_json,
+    detections_json,
+    open_store,
+)
 from edge_encoder import EdgeConfig, EdgeService
 from icm_rpc.tls import TLSFiles, make_ca, make_cert
 
@@ -67,10 +76,42 @@ def test_cli_refuses_and_says_how(tmp_path, capsys) -> None:
 
 # -- retention ---------------------------------------------------------------------------------
 def _row(cam: str, fid: int, capture_us: int, nbytes: int, cls: str = "") -> FrameRow:
-    dets = [{"class_name": cls}] if cls else []
+    dets = [Detection(0, cls, 0.9, (0.0, 0.0, 1.0, 1.0), model="yolo11n")] if cls else []
     return FrameRow(cam, fid, capture_us, capture_us, capture_us, 8, 8, nbytes, 0.1, dets,
                     b"x" * nbytes, "e", fid, base_model_id="base-x", base_digest="ab" * 16,
                     analysed_by=[{"model": "yolo11n", "weights": "yolo11n", "adapted": False}])
+
+
+# the detections column keeps the JSON shape every release has written
+LEGACY_DETECTIONS = ('[{"class_id": 0, "class_name": "person", "score": 0.91234, "box_xyxy": '
+                     '[1.5, 2.25, 30.0, 40.0], "mask_polygons": [[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]], '
+                     '"model": "yolo11n-seg"}, {"class_id": 2, "class_name": "car", "score": 0.5, '
+                     '"box_xyxy": [0.0, 0.0, 8.0, 8.0], "model": "yolo11n"}]')
+
+
+def test_stored_detections_keep_their_json_and_api_form(tmp_path) -> None:
+    found = [Detection(0, "person", 0.912341, (1.5012, 2.2499, 30.0, 40.0),
+                       [[1.02, 2.0, 3.0, 4.0, 5.0, 6.0]]).tagged("yolo11n-seg"),
+             Detection(2, "car", 0.5, (0.0, 0.0, 8.0, 8.0)).tagged("yolo11n")]
+    assert detections_json(found) == LEGACY_DETECTIONS
+    db = tmp_path / "d.sqlite3"
+    store = open_store(str(db))
+    try:
+        store.add_frames([FrameRow("cam", 1, 1, 1, 1, 8, 8, 1, 0.1, found, b"x")])
+        with sqlite3.connect(db) as c:
+            (raw,) = c.execute("SELECT detections FROM frames").fetchone()
+        assert raw == LEGACY_DETECTIONS
+        row = store.frame("cam", 1)
+        assert row is not None and row.detections == found
+    finally:
+        store.close()
+    msgs = [detection_message(d) for d in detections_from_json(LEGACY_DETECTIONS)]
+    assert [(m.class_id, m.class_name, m.model) for m in msgs] == [
+        (0, "person", "yolo11n-seg"), (2, "car", "yolo11n")]
+    assert list(msgs[0].box) == pytest.approx([1.5, 2.25, 30.0, 40.0])
+    assert msgs[0].score == pytest.approx(0.91234)
+    assert [list(p.xy) for p in msgs[0].mask] == [[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]]
+    assert not msgs[1].mask
 
 
 def test_retention_bounds_per_camera_oldest_first(tmp_path) -> None:

@@ -398,6 +398,7 @@ def _fill(db: Path, n: int) -> None:
     """n stored frames of one camera, written as the cloud writes them (every 7th with a
     person, every frame with a thumbnail), straight into the database: streaming 100k frames
     through the codec would take hours on CPU."""
+    from analytics.results import Detection
     from cloud_decoder.storage import CameraRow, FrameRow, open_store
 
     thumb = Image.new("RGB", (256, 192), (40, 90, 140))
@@ -409,8 +410,7 @@ def _fill(db: Path, n: int) -> None:
     store.upsert_camera(CameraRow("big", 768, 576, "base-x", "", "gone:1", False, T0_US))
     batch = []
     for i in range(1, n + 1):
-        dets = ([{"class_id": 0, "class_name": "person", "score": 0.9,
-                  "box_xyxy": [10.0, 20.0, 110.0, 300.0], "model": "yolo11n"}]
+        dets = ([Detection(0, "person", 0.9, (10.0, 20.0, 110.0, 300.0), model="yolo11n")]
                 if i % 7 == 0 else [])
         batch.append(FrameRow("big", i, T0_US + i * 100_000, T0_US + i * 100_000 + 5,
                               T0_US + i * 100_000 + 9, 768, 576, 9000, 0.163, dets,

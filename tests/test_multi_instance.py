@@ -40,13 +40,15 @@ def postgres_url():
 
 # -- the store itself on PostgreSQL ---------------------------------------------------------------
 def test_postgres_store_roundtrip(postgres_url: str) -> None:
+    from analytics.results import Detection
     from cloud_decoder.storage import CameraRow, FrameQuery, FrameRow, RetentionPolicy, open_store
 
     a, b = open_store(postgres_url), open_store(postgres_url)   # two instances, one database
     try:
         a.upsert_camera(CameraRow("pg-cam", 96, 64, "base", "enh", "a:1", True, 5))
         frames = [FrameRow("pg-cam", i, 100 + i, 200 + i, 300 + i, 96, 64, 10, 0.01,
-                           [{"class_name": "person", "score": 0.9}] if i % 2 else [],
+                           [Detection(0, "person", 0.9, (0.0, 0.0, 1.0, 1.0))]
+                           if i % 2 else [],
                            base_layer=bytes([i]) * 10) for i in (1, 2, 3)]
         assert a.add_frames(frames) == [True, True, True]
         assert b.add_frames(frames[:1]) == [False]            # exactly once, across instances
