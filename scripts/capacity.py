@@ -98,7 +98,7 @@ def measure(video: Path, detectors: Path, frames: int) -> dict:
     results = det.detect(images)
     dets = [[d.tagged("yolo11n") for d in r.detections] for r in results]
     out["detections_per_frame"] = round(sum(map(len, dets)) / len(dets), 2)
-    out["classes_per_frame"] = round(sum(len({d["class_name"] for d in f}) for f in dets)
+    out["classes_per_frame"] = round(sum(len({d.class_name for d in f}) for f in dets)
                                      / len(dets), 2)
     # what a stored frame costs in the database (SQLite here; PostgreSQL's rows are similar)
     default = next(p for p in out["rate_points"] if p["package"] == "base-lite-l0.013")
