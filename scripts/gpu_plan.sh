@@ -74,7 +74,7 @@ PYEOF
 
 # 3. CUDA exactness (CPU encode, GPU decode alone and batched) and batched decode throughput
 BASE="$RUNS/base-lite-l0.013/model.icmpkg"
-ENH="$RUNS/enhancement-lite-m4-l0.013/model.icmpkg"
+ENH="$RUNS/enhancement-lite-m4-l0.0483/model.icmpkg"
 if [ "$DEVICE" = cuda ] && [ -f "$BASE" ]; then
     ARGS=(--base "$BASE")
     [ -f "$ENH" ] && ARGS+=(--enhancement "$ENH")

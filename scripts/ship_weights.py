@@ -30,6 +30,15 @@ def main() -> None:
         shutil.copyfile(src, WEIGHTS / f"{pkg.config.model_id}.icmpkg")
     # the card lists every shipped package, those shipped earlier included
     pkgs = [(dst, load_package(dst)) for dst in sorted(WEIGHTS.glob("*.icmpkg"))]
+    # a dependent layer refines one base by digest: once that base is replaced it can no
+    # longer decode anything, so it is retired with it (retrain it on the new base)
+    digests = {pkg.digest for _, pkg in pkgs}
+    for dst, pkg in pkgs:
+        if pkg.config.base_digest and pkg.config.base_digest not in digests:
+            print(f"retired {pkg.config.model_id}: its base {pkg.config.base_digest[:16]} "
+                  "is no longer shipped")
+            dst.unlink()
+    pkgs = [(dst, pkg) for dst, pkg in pkgs if dst.exists()]
     id_of = {pkg.digest: pkg.config.model_id for _, pkg in pkgs}
     rows = []
     for dst, pkg in pkgs:

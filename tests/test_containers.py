@@ -225,7 +225,10 @@ def _context(name: str) -> io.BytesIO:
     return buf
 
 
+@functools.cache
 def _revision() -> str:
+    """The revision the images are built with, read once: a commit made while the (long) test
+    runs must not make the build-info check compare against a newer one."""
     r = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short=12", "HEAD"],
                        capture_output=True, text=True)
     return r.stdout.strip() or "unknown"
