@@ -45,31 +45,33 @@ def _split(method: str) -> tuple[str, str]:
     return service, name
 
 
-class GrpcServerMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.started = Counter("grpc_server_started", "RPCs started on the server", _LABELS,
+class _RpcCounters:
+    """The four counters both sides export (grpc_<side>_started / handled / msg_received /
+    msg_sent): one definition, names that differ only by side."""
+
+    def __init__(self, side: str, registry: CollectorRegistry) -> None:
+        by = "on the server" if side == "server" else "by the client"
+        self.started = Counter(f"grpc_{side}_started", f"RPCs started {by}", _LABELS,
                                registry=registry)
-        self.handled = Counter("grpc_server_handled", "RPCs completed on the server, by "
+        self.handled = Counter(f"grpc_{side}_handled", f"RPCs completed on the {side}, by "
                                "status code", [*_LABELS, "grpc_code"], registry=registry)
-        self.received = Counter("grpc_server_msg_received", "Stream messages received",
+        self.received = Counter(f"grpc_{side}_msg_received", "Stream messages received",
                                 _LABELS, registry=registry)
-        self.sent = Counter("grpc_server_msg_sent", "Stream messages sent", _LABELS,
+        self.sent = Counter(f"grpc_{side}_msg_sent", "Stream messages sent", _LABELS,
                             registry=registry)
+
+
+class GrpcServerMetrics(_RpcCounters):
+    def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__("server", registry)
         self.seconds = Histogram("grpc_server_handling_seconds", "Time from an RPC's start to "
                                  "its status (streams: their whole life)", _LABELS,
                                  buckets=latency_buckets(), registry=registry)
 
 
-class GrpcClientMetrics:
+class GrpcClientMetrics(_RpcCounters):
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.started = Counter("grpc_client_started", "RPCs started by the client", _LABELS,
-                               registry=registry)
-        self.handled = Counter("grpc_client_handled", "RPCs completed on the client, by "
-                               "status code", [*_LABELS, "grpc_code"], registry=registry)
-        self.received = Counter("grpc_client_msg_received", "Stream messages received",
-                                _LABELS, registry=registry)
-        self.sent = Counter("grpc_client_msg_sent", "Stream messages sent", _LABELS,
-                            registry=registry)
+        super().__init__("client", registry)
 
     def labels(self, kind: str, method: str) -> tuple[str, str, str]:
         return (kind, *_split(method))

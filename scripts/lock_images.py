@@ -40,6 +40,11 @@ def _norm(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+def _req_name(req: str) -> str:
+    """The normalised distribution name of a requirement string."""
+    return _norm(re.split(r"[<>=!~ \[;]", req)[0])
+
+
 def _pyproject() -> dict:
     import tomllib
 
@@ -51,11 +56,7 @@ def requirements(extras: list[str]) -> list[str]:
     names the project's own extras (``icm-scalable[codec,analyst]``) brings theirs."""
     project = _pyproject()
     own = _norm(project["name"])
-
-    def name(req: str) -> str:
-        return _norm(re.split(r"[<>=!~ \[;]", req)[0])
-
-    reqs = [r for r in project["dependencies"] if name(r) not in ("torch", "torchvision")]
+    reqs = [r for r in project["dependencies"] if _req_name(r) not in ("torch", "torchvision")]
     todo, seen = list(extras), set()
     while todo:
         extra = todo.pop(0)
@@ -63,7 +64,7 @@ def requirements(extras: list[str]) -> list[str]:
             continue
         seen.add(extra)
         for req in project["optional-dependencies"][extra]:
-            if name(req) == own:
+            if _req_name(req) == own:
                 todo += [e.strip() for e in req[req.index("[") + 1:req.index("]")].split(",")]
             elif req not in reqs:
                 reqs.append(req)
@@ -115,7 +116,7 @@ def check() -> list[str]:
     for image, extras in IMAGES.items():
         have = locked(image)
         for req in requirements(extras):
-            name = _norm(re.split(r"[<>=!~ \[;]", req)[0])
+            name = _req_name(req)
             if ";" in req and "python_version < '3.11'" in req:
                 continue   # the images run 3.11
             if not EXCLUDED.match(name) and name not in have:
