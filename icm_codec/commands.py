@@ -46,7 +46,8 @@ class DefaultsHelpFormatter(argparse.HelpFormatter):
     """Append ``(default: X)`` to an option's help, so help and behaviour cannot disagree.
 
     Unlike argparse's ``ArgumentDefaultsHelpFormatter`` it stays quiet where a default says
-    nothing (None, False, an empty list) and where the help text already names its default.
+    nothing (None, False, an empty list, a flag without a value) and where the help text
+    already names its default.
     """
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
@@ -63,7 +64,9 @@ class DefaultsHelpFormatter(argparse.HelpFormatter):
 
 def _shows_default(action: argparse.Action) -> bool:
     default = action.default
-    quiet = default is None or default is False or default is argparse.SUPPRESS
+    # a flag without a value (--loop, --no-mtls) is off unless given: its default says nothing
+    quiet = (default is None or default is False or default is argparse.SUPPRESS
+             or action.nargs == 0)
     return bool(action.option_strings) and not quiet and default not in ([], "")
 
 
