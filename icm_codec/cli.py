@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from .commands import CommandTable, HelpParser, run_command
+from .configflags import add_config_flags, config_from_args
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -210,47 +211,13 @@ def _model(args: argparse.Namespace) -> int:
 
 # -- train -----------------------------------------------------------------------------------
 def _train_configure(p: argparse.ArgumentParser) -> None:
+    from .train.config import TrainConfig
+
     p.add_argument("kind", choices=["base", "enhancement", "dc", "single"],
                    help="dc = difference-compression (residual) baseline")
-    p.add_argument("--data", nargs="+", required=True,
-                   help="image folders, image files and/or video files")
-    p.add_argument("--lambda", dest="lmbda", type=float, required=True,
-                   help="rate-distortion trade-off (e.g. 0.0018 ... 0.0483)")
     p.add_argument("--out", help="run directory (default runs/<kind>-l<lambda>)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--mask", choices=["edges", "objects", "full"],
-                   help="loss mask (default: edges for base, full otherwise)")
-    p.add_argument("--alpha", type=float, default=0.93,
-                   help="edge-mask confidence knob (lower: more segments, more edges)")
-    p.add_argument("--sam-checkpoint", help="Segment Anything checkpoint for edge masks")
-    p.add_argument("--seg-weights", help="instance-segmentation weights for object masks")
-    p.add_argument("--annotations", help="COCO JSON with polygons for object masks")
-    p.add_argument("--base", help="frozen base package (enhancement and dc)")
-    p.add_argument("--arch", default="lite", choices=["lite", "tcm"])
-    p.add_argument("--N", type=int, default=128)
-    p.add_argument("--m", type=int, default=4, help="enhancement slices")
-    p.add_argument("--model-id", default="", help="default: KIND-ARCH-lLAMBDA")
-    p.add_argument("--init", help="package (path, model id or digest) or run checkpoint "
-                   "(last.pt) whose fitting weights start the run (warm start)")
-    p.add_argument("--steps", type=int, default=20000)
-    p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--crop", type=int, default=256)
-    p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate")
-    p.add_argument("--warmup", type=int, default=500, help="warm-up steps")
-    p.add_argument("--decay", type=int, default=4000,
-                   help="cosine decay over the last DECAY steps")
-    p.add_argument("--ema", type=float, default=0.999,
-                   help="weight-average decay (validation and export use the average)")
-    p.add_argument("--video-share", type=float, default=0.15,
-                   help="largest share of crops taken from video frames")
-    p.add_argument("--min-scale", type=float, default=0.5,
-                   help="crops are downscaled by a random factor in [MIN_SCALE, 1]")
-    p.add_argument("--checkpoint-minutes", type=float, default=5.0)
-    p.add_argument("--export-minutes", type=float, default=30.0,
-                   help="refresh model.icmpkg at least this often")
-    p.add_argument("--val-every", type=int, default=500)
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
-    p.add_argument("--seed", type=int, default=0)
+    # every other TrainConfig field is a flag declared with the field (icm_codec/train/config.py)
+    add_config_flags(p, TrainConfig)
     p.add_argument("--export", help="also copy the exported package here")
     p.add_argument("--plan-job", help=argparse.SUPPRESS)  # set by `icm plan run`: on the card
 
@@ -262,19 +229,10 @@ def _train(args: argparse.Namespace) -> int:
 
     from .train.trainer import TrainConfig, train
 
-    kind = "residual" if args.kind == "dc" else args.kind
-    cfg = TrainConfig(
-        kind=kind, data=args.data, lmbda=args.lmbda,
-        out=args.out or f"runs/{args.kind}-l{args.lmbda:g}", mask=args.mask or "",
-        alpha=args.alpha, sam_checkpoint=args.sam_checkpoint, seg_weights=args.seg_weights,
-        annotations=args.annotations, base=args.base, arch=args.arch, N=args.N, m=args.m,
-        model_id=args.model_id, init=args.init, steps=args.steps, batch=args.batch,
-        crop=args.crop, lr=args.lr, warmup=args.warmup, decay=args.decay, ema=args.ema,
-        video_share=args.video_share, min_scale=args.min_scale, device=args.device,
-        seed=args.seed, checkpoint_minutes=args.checkpoint_minutes,
-        export_minutes=args.export_minutes, val_every=args.val_every, threads=args.threads,
-        extra={"plan_job": args.plan_job} if args.plan_job else {},
-    )
+    cfg = config_from_args(
+        TrainConfig, args, kind="residual" if args.kind == "dc" else args.kind,
+        out=args.out or f"runs/{args.kind}-l{args.lmbda:g}",
+        extra={"plan_job": args.plan_job} if args.plan_job else {})
     path = train(cfg)
     if args.export:
         Path(args.export).parent.mkdir(parents=True, exist_ok=True)

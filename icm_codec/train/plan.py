@@ -26,17 +26,20 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
+from ..configflags import flag_names
+from .config import TrainConfig
+
 __all__ = ["Job", "Plan", "job_status", "load_plan", "run_plan"]
 
 DEFAULT_PLAN = Path(__file__).resolve().parent.parent / "weights" / "plan.toml"
 SHIPPED = DEFAULT_PLAN.parent
 
-# TOML keys of a job -> `icm train` flags (the rest: kind, base, init, ship, id, after)
-_FLAGS = {"lambda": "--lambda", "steps": "--steps", "batch": "--batch", "crop": "--crop",
-          "lr": "--lr", "warmup": "--warmup", "decay": "--decay", "ema": "--ema",
-          "arch": "--arch", "N": "--N", "m": "--m", "mask": "--mask", "alpha": "--alpha",
-          "video_share": "--video-share", "min_scale": "--min-scale", "seed": "--seed",
-          "val_every": "--val-every"}
+# TOML keys of a job -> `icm train` flags: a TrainConfig field's name (λ: `lambda`) and flag.
+# The plan sets the rest itself (kind, data, base, init, id, ship, after; out, device, threads).
+_SET_BY_PLAN = {"kind", "data", "base", "init", "out", "model_id", "device", "threads", "extra"}
+_FLAGS = {("lambda" if name == "lmbda" else name): flags[0]
+          for name, flags in flag_names(TrainConfig).items()
+          if flags and name not in _SET_BY_PLAN}
 
 
 @dataclass

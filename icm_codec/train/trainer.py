@@ -23,7 +23,7 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +36,6 @@ from ..models import LayerCodec, create_model
 from ..package import load_package, save_package
 from ..registry import find_package
 from ..training import (
-    DENSITY_LR_SCALE,
     LRSchedule,
     WeightEMA,
     make_optimizers,
@@ -44,57 +43,11 @@ from ..training import (
     set_lr,
     train_step,
 )
+from .config import TrainConfig
 from .data import VIDEO_EXTS, Sample, load_dataset
 from .masks import MaskMaker
 
 __all__ = ["TrainConfig", "train"]
-
-
-@dataclass
-class TrainConfig:
-    kind: str  # base | enhancement | residual | single
-    data: list[str]
-    lmbda: float
-    out: str = "runs/model"
-    mask: str = ""  # default: edges for base, full otherwise
-    alpha: float = 0.93
-    band: int = 3
-    sam_checkpoint: str | None = None
-    seg_weights: str | None = None
-    annotations: str | None = None
-    base: str | None = None  # package of the frozen base (enhancement / residual)
-    arch: str = "lite"
-    N: int = 128
-    m: int = 4
-    model_id: str = ""
-    init: str | None = None  # package or checkpoint whose fitting weights start the run
-    steps: int = 20000
-    batch: int = 2
-    crop: int = 256
-    lr: float = 3e-4  # peak of the schedule
-    warmup: int = 500
-    decay: int = 4000  # cosine decay over the last `decay` steps (step-based, in the checkpoint)
-    final_lr_ratio: float = 0.02
-    density_lr_scale: float = DENSITY_LR_SCALE
-    ema: float = 0.999  # validation and export use the moving average of the weights
-    clip: float = 1.0
-    device: str = "cpu"
-    seed: int = 0
-    checkpoint_minutes: float = 5.0
-    export_minutes: float = 30.0  # a fresh model.icmpkg at least this often
-    val_every: int = 500
-    max_side: int = 1024
-    video_stride: int = 5
-    video_share: float = 0.15  # at most this share of crops from video frames
-    min_scale: float = 0.5  # crops are downscaled by a random factor in [min_scale, 1]
-    threads: int = 0
-    extra: dict = field(default_factory=dict)  # e.g. the plan entry, recorded on the card
-
-    def mask_kind(self) -> str:
-        return self.mask or ("edges" if self.kind == "base" else "full")
-
-    def resolved_model_id(self) -> str:
-        return self.model_id or f"{self.kind}-{self.arch}-l{self.lmbda:g}"
 
 
 def _is_video(sample: Sample) -> bool:
