@@ -8,12 +8,13 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .server import CloudConfig, CloudServer, serve
+    from .config import CloudConfig
+    from .server import CloudServer, serve
 
 # public name → its module, imported on first use, so that `icm analyst` (this package's
 # cli and client) never loads the decoder's torch
 _HOME = {
-    "CloudConfig": "server",
+    "CloudConfig": "config",
     "CloudServer": "server",
     "serve": "server",
 }

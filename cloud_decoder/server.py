@@ -34,7 +34,6 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -45,10 +44,10 @@ from icm_rpc.channels import MAX_MESSAGE_BYTES
 from icm_rpc.grpc_metrics import MetricsInterceptor
 from icm_rpc.metrics import MetricsServer
 from icm_rpc.protos import Undecodable, lenient
-from icm_rpc.tls import TLSFiles, server_credentials
+from icm_rpc.tls import server_credentials
 
-from . import defaults
 from .analyst import AnalystServicer, DetectionHub
+from .config import CloudConfig
 from .decoders import CodecDecoder, Decoder, NoopDecoder
 from .edge_link import EdgeLinkServicer
 from .edge_stats import EdgeStatsCollector
@@ -56,7 +55,7 @@ from .forwarding import Forwarder
 from .metrics import CloudMetrics
 from .pipeline import IngestPipeline, now_us
 from .sessions import SessionRegistry
-from .storage import RetentionPolicy, Store, StoreUnavailableError, open_store
+from .storage import Store, StoreUnavailableError, open_store
 from .store_monitor import StoreMonitor
 
 __all__ = ["CloudConfig", "CloudServer", "InsecureConfigError", "is_loopback", "serve"]
@@ -64,57 +63,6 @@ __all__ = ["CloudConfig", "CloudServer", "InsecureConfigError", "is_loopback", "
 log = logging.getLogger("icm.cloud")
 ANALYST_PREFIX = "/icm.v1.Analyst/"
 SERVICE_NAMES = ("icm.v1.EdgeLink", "icm.v1.Analyst")
-
-
-@dataclass
-class CloudConfig:
-    listen: str = "127.0.0.1:50051"
-    analyst_listen: str = ""          # a second port for analysts (TLS without client certs)
-    db: str = defaults.DB             # SQLite path / sqlite:/// URL, or postgresql://...
-    decoder: str = "codec"            # codec | noop (service-overhead benchmark)
-    device: str = "cpu"
-    detectors: list[str] = field(default_factory=lambda: ["yolo11n"])
-    weights_dir: str | None = None
-    detector_conf: float = 0.25
-    analyst_token: str = ""           # empty: the analyst API is open (local use only)
-    tls: TLSFiles = field(default_factory=TLSFiles)
-    mtls: bool = True                 # with TLS: edges must present a client certificate
-    metrics_port: int | None = None
-    max_batch: int = 32
-    enhancement_timeout_s: float = 30.0
-    instance: str = ""
-    # The address other instances use to reach this one's Analyst API (default
-    # "<hostname>:<analyst port>"); recorded as this instance's name next to each camera it
-    # holds, so that peers can forward human-view requests here (cloud_decoder/forwarding.py).
-    advertise: str = ""
-    max_workers: int = 128
-    threads: int = 0
-    thumbnail_width: int = 256        # JPEG thumbnail kept per frame for the console (0: none)
-    insecure: bool = False            # allow plaintext / no token on non-loopback addresses
-    heartbeat_s: float = 2.0          # edges that support it send one this often when idle
-    hello_timeout_s: float = 10.0     # a stream without a Hello by then is ended
-    db_check_s: float = 2.0           # database probe interval (health, ingest pause)
-    # retention, per camera (0: unbounded); swept every retention_interval_s
-    frame_retention_s: float = 0.0
-    max_camera_frames_mb: float = 0.0
-    human_view_retention_s: float = 0.0
-    max_camera_human_views_mb: float = 0.0
-    retention_interval_s: float = 60.0
-    # operations (docs/operations.md)
-    max_connection_age_s: float = 0.0   # end connections after this long (0: never): rebalance
-    max_connection_age_grace_s: float = 30.0
-    edge_stats_s: float = 10.0          # edges send their counters this often (0: never)
-    presence_interval_s: float = 30.0   # refresh per-camera state gauges from the database
-    # Detectors adapted to machine images (analytics.adapted): folders searched before
-    # $ICM_ADAPTED_PATH and the shipped ones; use_adapted=False serves the stock weights only.
-    adapted_dirs: list[str] = field(default_factory=list)
-    use_adapted: bool = True
-
-    @property
-    def retention(self) -> RetentionPolicy:
-        return RetentionPolicy(self.frame_retention_s, int(self.max_camera_frames_mb * 2**20),
-                               self.human_view_retention_s,
-                               int(self.max_camera_human_views_mb * 2**20))
 
 
 class InsecureConfigError(ValueError):

@@ -7,11 +7,12 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .service import EdgeConfig, EdgeService
+    from .config import EdgeConfig
+    from .service import EdgeService
 
 # public name → its module, imported on first use, so that `icm edge --help` never loads torch
 _HOME = {
-    "EdgeConfig": "service",
+    "EdgeConfig": "config",
     "EdgeService": "service",
 }
 __all__ = ["EdgeConfig", "EdgeService"]

@@ -17,8 +17,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
@@ -26,8 +24,8 @@ from icm_rpc import pb
 from icm_rpc.backoff import Backoff
 from icm_rpc.health import HealthServer
 from icm_rpc.metrics import MetricsServer
-from icm_rpc.tls import TLSFiles
 
+from .config import EdgeConfig
 from .encoder import EdgeEncoder
 from .link import EdgeLink
 from .metrics import EdgeMetrics
@@ -37,36 +35,6 @@ from .spool import Spool
 __all__ = ["EdgeConfig", "EdgeService"]
 
 log = logging.getLogger("icm.edge")
-
-
-@dataclass
-class EdgeConfig:
-    camera_id: str
-    cloud: str = "localhost:50051"
-    source: str = ""
-    max_fps: float = 0.0
-    loop: bool = False
-    frames: int = 0                       # stop after this many captured frames (0: no limit)
-    spool_dir: Path = Path("edge-spool")
-    base_model: str | None = None         # model id or path; None: shipped default
-    enhancement_model: str | None = None  # None: shipped default; "": no enhancement layers
-    enhancement_mode: str = "lazy"        # eager | lazy
-    retention_s: float = 3600.0
-    max_retained_mb: float = 1024.0
-    max_spool_mb: float = 256.0
-    window: int = 64
-    tls: TLSFiles = field(default_factory=TLSFiles)
-    server_name: str = ""
-    metrics_port: int | None = None
-    health_listen: str = ""               # gRPC health server address (e.g. 0.0.0.0:50052)
-    threads: int = 0                      # torch threads (0: torch's default)
-    stall_s: float = 10.0                 # no frame for this long while capturing: a stall
-    max_backoff_s: float = 30.0           # longest wait between reconnects to the cloud
-
-    def __post_init__(self) -> None:
-        if not self.camera_id or len(self.camera_id) > 128:
-            raise ValueError("camera id must be 1-128 characters")
-        self.spool_dir = Path(self.spool_dir)
 
 
 class EdgeService:
