@@ -264,3 +264,16 @@ def test_train_defaults_match_the_training_library() -> None:
 
     field = {f.name: f for f in dataclasses.fields(TrainConfig)}["density_lr_scale"]
     assert field.default == DENSITY_LR_SCALE
+
+
+@pytest.mark.parametrize("name", ["edge", "cloud"])
+def test_every_service_flag_names_its_variable(name) -> None:
+    """docs/services.md: every flag has a variable but these (command line only, or another
+    variable does the job)."""
+    from icm_app.main import build_parser
+
+    sub = build_parser([name])._subparsers._group_actions[0].choices[name]
+    exceptions = {"--help", "--threads", "--exit-when-done", "--adapted"}
+    missing = [a.option_strings[0] for a in sub._actions if a.option_strings
+               and not exceptions & set(a.option_strings) and "[$" not in (a.help or "")]
+    assert not missing, f"icm {name}: flags without a variable: {missing}"
