@@ -224,7 +224,8 @@ def add_config_flags(parser: argparse.ArgumentParser | Any, cls: type, *,
             where = groups[spec.group]
         env = _env_name(f, spec, env_prefix)
         default = _default(f)
-        kw: dict[str, Any] = {"dest": f.name, "help": spec.help + (f" [${env}]" if env else "")}
+        text = spec.help.replace("%", "%%")  # argparse formats help with %(default)s
+        kw: dict[str, Any] = {"dest": f.name, "help": text + (f" [${env}]" if env else "")}
         if spec.metavar or not spec.choices:  # argparse shows choices as {a,b}
             kw["metavar"] = spec.metavar or _option_strings(f, spec)[0].lstrip("-").replace(
                 "-", "_").upper()
