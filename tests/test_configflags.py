@@ -277,3 +277,18 @@ def test_every_service_flag_names_its_variable(name) -> None:
     missing = [a.option_strings[0] for a in sub._actions if a.option_strings
                and not exceptions & set(a.option_strings) and "[$" not in (a.help or "")]
     assert not missing, f"icm {name}: flags without a variable: {missing}"
+
+
+def test_no_variable_is_one_kubernetes_sets() -> None:
+    """Kubernetes gives every pod <SERVICE>_SERVICE_HOST, <SERVICE>_PORT, ... of the namespace's
+    Services (icm-cloud, icm-cloud-edge, icm-edge, icm-console): no flag may read one."""
+    import re
+
+    from cloud_decoder.config import ENV_PREFIX as CLOUD
+    from cloud_decoder.config import CloudConfig
+    from edge_encoder.config import ENV_PREFIX as EDGE
+    from edge_encoder.config import EdgeConfig
+
+    k8s = re.compile(r"ICM_(CLOUD_EDGE|CLOUD|EDGE|CONSOLE)_(SERVICE_HOST|SERVICE_PORT|PORT)(_|$)")
+    names = [*env_names(CloudConfig, CLOUD).values(), *env_names(EdgeConfig, EDGE).values()]
+    assert not [n for n in names if k8s.match(n)]
