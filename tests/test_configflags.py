@@ -292,3 +292,22 @@ def test_no_variable_is_one_kubernetes_sets() -> None:
     k8s = re.compile(r"ICM_(CLOUD_EDGE|CLOUD|EDGE|CONSOLE)_(SERVICE_HOST|SERVICE_PORT|PORT)(_|$)")
     names = [*env_names(CloudConfig, CLOUD).values(), *env_names(EdgeConfig, EDGE).values()]
     assert not [n for n in names if k8s.match(n)]
+
+
+def test_plan_passes_a_switch_as_its_flag_alone(monkeypatch) -> None:
+    """A TrainConfig bool (a switch, e.g. --z-noise) in a plan job: the flag, without a value."""
+    from pathlib import Path
+
+    from icm_codec.train import plan
+
+    monkeypatch.setitem(plan._FLAGS, "toy", "--toy")
+    monkeypatch.setitem(plan._SWITCHES, "toy", False)
+    monkeypatch.setitem(plan._FLAGS, "fast", "--no-fast")
+    monkeypatch.setitem(plan._SWITCHES, "fast", True)
+    for toy, fast, expected in ((True, True, ["--toy"]), (False, False, ["--no-fast"]),
+                                (False, True, [])):
+        job = plan.Job("j", "single", {"lambda": 0.01, "steps": 5, "toy": toy, "fast": fast},
+                       ["photos"])
+        args = plan.train_args(job, plan.Plan({"j": job}), Path("/runs"), Path("/data"), "cuda",
+                               shipped=Path("/nowhere"))
+        assert [a for a in args if a in ("--toy", "--no-fast", "True", "False")] == expected

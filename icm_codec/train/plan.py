@@ -17,7 +17,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,9 @@ _SET_BY_PLAN = {"kind", "data", "base", "init", "out", "model_id", "device", "th
 _FLAGS = {("lambda" if name == "lmbda" else name): flags[0]
           for name, flags in flag_names(TrainConfig).items()
           if flags and name not in _SET_BY_PLAN}
+# keys of switches (flags without a value) -> their default: the flag is passed when it differs
+_SWITCHES = {("lambda" if f.name == "lmbda" else f.name): f.default
+             for f in fields(TrainConfig) if isinstance(f.default, bool)}
 
 
 @dataclass
@@ -192,7 +195,9 @@ def train_args(job: Job, plan: Plan, runs: Path, data_root: Path, device: str,
     args = [job.kind, "--data", *[str(data_root / d) for d in job.data],
             "--out", str(runs / job.id), "--model-id", job.id, "--device", device]
     for key, value in settings.items():
-        if key in _FLAGS:
+        if key in _SWITCHES:
+            args += [_FLAGS[key]] if bool(value) != _SWITCHES[key] else []
+        elif key in _FLAGS:
             args += [_FLAGS[key], str(value)]
     run = runs / job.id
     own = shipped / f"{job.id}.icmpkg"
