@@ -45,8 +45,9 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from icm_eval.data import EvalSet
+
 from .adapted import AdaptedDetector, AdaptedRecord, load_adapted, write_card
-from .data import EvalSet
 from .detector import Detector
 from .errors import AnalyticsError
 from .results import FrameResult
@@ -417,7 +418,8 @@ def _accuracy_summary(result: dict[str, Any], model: str) -> dict[str, Any]:
 def evaluate(cfg: AdaptConfig, stock: Detector, adapted: AdaptedDetector
              ) -> dict[str, Any]:
     """Stock vs adapted on the held-out ``eval_sets``: originals and every base layer."""
-    from .codecs import machine_points
+    from icm_eval.learned import machine_points
+
     from .detector import MultiDetector
     from .eval_machine import AdaptedModel, evaluate_machine
 

@@ -82,17 +82,14 @@ def _configure(p: argparse.ArgumentParser) -> None:
 @command("eval-machine", "machine-vision benchmark: mAP vs bpp of base layer, human layer, "
          "JPEG, WebP, AVIF", _configure)
 def _run(args: argparse.Namespace) -> int:
-    from .codecs import (
-        classical_points,
-        human_points,
-        installed_enhancements,
-        machine_points,
-        parse_qualities,
-    )
-    from .data import load_labelled, load_photos
+    from icm_eval.classical import classical_points, parse_qualities
+    from icm_eval.data import load_photos
+    from icm_eval.learned import human_points, installed_enhancements, machine_points
+
     from .detector import MultiDetector
     from .errors import AnalyticsError
     from .eval_machine import evaluate_machine
+    from .labelled import load_labelled
     from .report import write_machine_outputs
 
     if not (args.video or args.photos or args.coco8):
@@ -191,7 +188,8 @@ def _f(v: float | None) -> str:
 def _video_sets(videos: list[str], ranges_text: list[str], frames: int, max_side: int | None,
                 flag: str) -> list:
     """Sampled video sets; a frame range given once applies to every video."""
-    from .data import parse_frame_range, sample_video
+    from icm_eval.data import parse_frame_range, sample_video
+
     from .errors import AnalyticsError
 
     ranges = [parse_frame_range(r if r != ":" else None) for r in ranges_text]
@@ -214,7 +212,7 @@ def _set_name(folder: str, default: str, split: str = "") -> str:
 def _note_training_overlap(records: list, sets: list) -> None:
     """Say where an adapted detector is evaluated on images it was trained on (its figures
     there are not held out): same video and frame range, same photo folder, same YOLO split."""
-    from .data import parse_frame_range
+    from icm_eval.data import parse_frame_range
 
     for rec in records:
         for s in sets:
@@ -378,11 +376,12 @@ def _command_line(args: argparse.Namespace) -> str:
          "(resumable); the cloud serves it for frames of those bases", _adapt_configure)
 def _adapt(args: argparse.Namespace) -> int:
     from icm_codec.registry import find_package
+    from icm_eval.data import load_photos
 
     from .adapt import AdaptConfig, Source, adapt_detector
-    from .data import load_labelled, load_photos
     from .detector import Detector
     from .errors import AnalyticsError
+    from .labelled import load_labelled
 
     if not (args.video or args.photos or args.yolo):
         raise AnalyticsError("no training data: give --video, --photos and/or --yolo")

@@ -25,8 +25,9 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from .codecs import RatePoint
-from .data import EvalSet
+from icm_eval.data import EvalSet
+from icm_eval.points import RatePoint
+
 from .detector import MultiDetector
 from .errors import AnalyticsError
 from .metrics import coco_map

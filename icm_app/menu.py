@@ -31,7 +31,7 @@ MENU: tuple[MenuEntry, ...] = (
               "train a codec (resumes from the run directory's last checkpoint)"),
     MenuEntry("plan", "icm_codec.cli", "train",
               "run the declarative training plan behind the shipped packages"),
-    MenuEntry("eval-rd", "icm_codec.cli", "train",
+    MenuEntry("eval-rd", "icm_eval.cli", "eval",
               "rate-distortion evaluation against JPEG, WebP and AVIF"),
     MenuEntry("masks", "icm_codec.cli", "train",
               "render example training masks (image | mask per alpha)"),

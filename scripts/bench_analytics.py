@@ -32,8 +32,8 @@ if str(REPO) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(REPO))
 
 from analytics import Detector  # noqa: E402
-from analytics.data import sample_video  # noqa: E402
 from icm_codec import ScalableCodec  # noqa: E402
+from icm_eval.data import sample_video  # noqa: E402
 
 # the same data setting as the tests: ICM_SHARED_DIR, default ../shared beside the checkout
 SHARED = Path(os.environ.get("ICM_SHARED_DIR", REPO.parent / "shared"))

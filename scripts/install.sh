@@ -6,5 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install -q --upgrade pip
 python -m pip install -q "torch==2.15.0" "torchvision==0.29.2"
-python -m pip install -q -e ".[edge,cloud,console,train,dev]"
+python -m pip install -q -e ".[edge,cloud,console,train,eval,dev]"
 python -c "from icm_rpc.protos import generate; generate(force=True)"  # gRPC stubs of protos/ (generated at build time, not committed)

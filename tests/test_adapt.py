@@ -358,7 +358,7 @@ def test_cloud_picks_weights_by_the_base_layers_digest(adapted_run, shared_dir, 
 
 
 def test_eval_machine_compares_stock_and_adapted(adapted_run, shared_dir, tmp_path, capsys):
-    from analytics.codecs import installed_enhancements
+    from icm_eval.learned import installed_enhancements
 
     rec = adapted_run["record"]
     pt = adapted_run["out"] / rec["weights"]["file"]

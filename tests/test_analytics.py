@@ -23,9 +23,11 @@ from analytics import (
     load_yolo_labels,
     resolve_weights,
 )
-from analytics.codecs import classical_points, parse_qualities
-from analytics.data import load_labelled, load_photos, parse_frame_range, sample_video
 from analytics.eval_machine import _target_met, bpp_to_keep, value_at_bpp
+from analytics.labelled import load_labelled
+from icm_eval.classical import classical_points, parse_qualities
+from icm_eval.data import load_photos, parse_frame_range, sample_video
+from icm_eval.errors import EvalError
 
 WEIGHT_ENV = ("ICM_DETECTOR_DIR", "ICM_DETECTOR_WEIGHTS")
 
@@ -314,7 +316,7 @@ def test_video_frames_are_sampled_evenly(vtest_frames: list[np.ndarray],
     s = sample_video(shared_dir / "data" / "video" / "vtest.avi", 3, max_side=384)
     assert [im.key for im in s.images] == ["vtest#0", "vtest#397", "vtest#794"]
     assert s.images[0].image.shape == (288, 384, 3) and not s.labelled
-    with pytest.raises(AnalyticsError, match="video not found"):
+    with pytest.raises(EvalError, match="video not found"):
         sample_video(shared_dir / "nope.avi", 2)
 
 
@@ -325,9 +327,9 @@ def test_video_frames_can_come_from_a_held_out_range(shared_dir: Path) -> None:
     assert s.name == "vtest@715-795"
     assert parse_frame_range(":10") == (0, 10) and parse_frame_range(None) is None
     for bad in ("10", "a:b", "5:5", "-1:"):
-        with pytest.raises(AnalyticsError, match="frame range"):
+        with pytest.raises(EvalError, match="frame range"):
             parse_frame_range(bad)
-    with pytest.raises(AnalyticsError, match="empty"):
+    with pytest.raises(EvalError, match="empty"):
         sample_video(video, 2, frame_range=(900, None))
 
 
@@ -351,7 +353,7 @@ def test_quality_sweeps_parse() -> None:
     q = parse_qualities(["jpeg=10,50", "AVIF="])
     assert q["JPEG"] == (10, 50) and "AVIF" not in q and q["WebP"]
     for bad in (["PNG=5"], ["JPEG"], ["JPEG=a"], ["WebP=101"]):
-        with pytest.raises(AnalyticsError, match="--qualities"):
+        with pytest.raises(EvalError, match="--qualities"):
             parse_qualities(bad)
 
 

@@ -97,8 +97,8 @@ def test_errors_are_one_clear_line(shared_dir: Path, capsys, tmp_path: Path,
 
 def test_human_layer_defaults_to_installed_enhancements() -> None:
     """Without --enhancement, eval-machine adds the installed enhancement of a --base package."""
-    from analytics.codecs import installed_enhancements
     from icm_codec.registry import SHIPPED_DIR, list_packages
+    from icm_eval.learned import installed_enhancements
 
     shipped = {i.model_id: i for i in list_packages([SHIPPED_DIR])}
     enh = [i for i in shipped.values() if i.kind == "enhancement"]
@@ -117,7 +117,7 @@ def test_human_layer_defaults_to_installed_enhancements() -> None:
 
 def test_residual_layer_is_its_own_curve(package_factory) -> None:
     """The difference-compression baseline must not share the enhancement layer's curve."""
-    from analytics.codecs import human_points
+    from icm_eval.learned import human_points
 
     base = package_factory("base", seed=1)
     enh = package_factory("enhancement", m=2, base=base, seed=1)

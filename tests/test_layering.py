@@ -21,7 +21,10 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 # packages above the codec library: icm_codec may name none of them
-ABOVE_CODEC = ("icm_app", "icm_rpc", "analytics", "edge_encoder", "cloud_decoder", "console")
+ABOVE_CODEC = ("icm_app", "icm_rpc", "icm_eval", "analytics", "edge_encoder", "cloud_decoder",
+               "console")
+# the evaluation package (layer 2) stands on the codec library only; analytics uses it
+ABOVE_EVAL = ("icm_app", "icm_rpc", "analytics", "edge_encoder", "cloud_decoder", "console")
 HEAVY = ("torch", "torchvision", "compressai", "ultralytics", "cv2", "fastapi")
 
 
@@ -46,6 +49,14 @@ def test_codec_library_imports_nothing_above_it() -> None:
     bad = {str(p.relative_to(ROOT)): sorted(_imported_packages(p) & set(ABOVE_CODEC))
            for p in modules}
     assert not {k: v for k, v in bad.items() if v}, "icm_codec imports a layer above it"
+
+
+def test_evaluation_package_imports_only_the_codec_library() -> None:
+    modules = sorted((ROOT / "icm_eval").rglob("*.py"))
+    assert len(modules) > 5
+    bad = {str(p.relative_to(ROOT)): sorted(_imported_packages(p) & set(ABOVE_EVAL))
+           for p in modules}
+    assert not {k: v for k, v in bad.items() if v}, "icm_eval imports a layer above it"
 
 
 def test_the_check_sees_a_hidden_upward_import(tmp_path: Path) -> None:
@@ -105,6 +116,17 @@ def test_images_carry_the_shell() -> None:
         assert f"COPY {package}/ {package}/" in text or "COPY . ." in text, dockerfile.name
         ignore = Path(f"{dockerfile}.dockerignore").read_text().splitlines()
         assert f"!{package}/" in ignore, f"{dockerfile.name}.dockerignore leaves out {package}"
+
+
+def test_menu_extras_exist() -> None:
+    """`icm NAME` with a package missing names an install extra: it must be one pyproject has."""
+    from icm_app.menu import MENU
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    for e in MENU:
+        assert set(e.extra.split(",")) <= set(extras), f"`icm {e.name}`: unknown extra {e.extra}"
 
 
 def test_a_missing_extra_is_one_clear_line(monkeypatch, capsys) -> None:

@@ -12,7 +12,8 @@ from PIL import Image
 
 from icm_codec.train.data import load_dataset
 from icm_codec.train.masks import MaskMaker, edge_mask, label_boundaries
-from icm_codec.train.rd import RDPoint, bd_rate
+from icm_eval.metrics import bd_rate
+from icm_eval.points import RDPoint
 
 
 def test_label_boundaries_are_label_changes() -> None:
@@ -127,7 +128,8 @@ def test_eval_rd_every_kind_and_report(tmp_path: Path, photos) -> None:
     import json
 
     from icm_app.main import main
-    from icm_codec.train.rd import evaluate, load_images, markdown, write_report
+    from icm_eval.data import load_images
+    from icm_eval.rd import evaluate, markdown, write_report
 
     base = tmp_path / "base.icmpkg"
     pk = {"enhancement": tmp_path / "enh.icmpkg", "residual": tmp_path / "dc.icmpkg",

@@ -300,7 +300,8 @@ def test_a_run_directory_is_trained_by_one_process_at_a_time(tmp_path: Path) -> 
 
 def test_score_package_is_the_training_objective_on_real_bytes(package_factory,
                                                                photos) -> None:
-    from icm_codec.train.rd import psnr8, score_package
+    from icm_codec.train.score import score_package
+    from icm_eval.metrics import psnr8
 
     single = package_factory("single", N=32)
     images = [("a", photos[0][:64, :96]), ("b", photos[1][:64, :96])]

@@ -338,7 +338,7 @@ def compare(plan: Plan, runs: Path, data_root: Path, shipped: Path = SHIPPED,
     of the plan's data, by real bytes: better = a lower training objective at the job's λ, or
     no more bits for no less PSNR (a model still far from its λ's operating point can be
     better everywhere on the curve and yet not by the objective at that one λ)."""
-    from .rd import heldout_images, score_package
+    from .score import heldout_images, score_package
 
     images = heldout_images([data_root / d for d in next(iter(plan.jobs.values())).data])
     rows = []

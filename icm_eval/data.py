@@ -1,22 +1,21 @@
-"""Evaluation images: sampled video frames, a folder of photos, a YOLO-labelled set (COCO8).
+"""Evaluation images: a folder of test images (Kodak), sampled video frames, photo folders.
 
-Video frames and photos have no labels: they are scored against pseudo-ground-truth (each model
-on the original images). A labelled set carries its ground truth from YOLO label files.
+Video frames and photos have no labels; a labelled set (``analytics``: YOLO label files) puts its
+ground truth on each :class:`EvalImage`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from .errors import AnalyticsError
-from .metrics import load_yolo_labels
-from .results import FrameResult
+from .errors import EvalError
 
-__all__ = ["IMAGE_SUFFIXES", "EvalImage", "EvalSet", "load_labelled", "load_photos",
-           "parse_frame_range", "sample_video"]
+__all__ = ["IMAGE_SUFFIXES", "EvalImage", "EvalSet", "evenly", "fit", "image_files",
+           "load_images", "load_photos", "parse_frame_range", "read_image", "sample_video"]
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -25,7 +24,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 class EvalImage:
     key: str
     image: np.ndarray  # HxWx3 uint8 RGB
-    labels: FrameResult | None = None
+    labels: Any = None  # ground truth of a labelled set (an analytics FrameResult)
 
 
 @dataclass
@@ -45,13 +44,14 @@ class EvalSet:
         return "labels" if self.labelled else "pseudo-ground-truth"
 
 
-def _evenly(n_total: int, n: int | None) -> list[int]:
+def evenly(n_total: int, n: int | None) -> list[int]:
+    """``n`` indices spread evenly over ``range(n_total)`` (all of them for None or 0)."""
     if n is None or n <= 0 or n >= n_total:
         return list(range(n_total))
     return sorted({round(i * (n_total - 1) / max(n - 1, 1)) for i in range(n)})
 
 
-def _fit(img: np.ndarray, max_side: int | None) -> np.ndarray:
+def fit(img: np.ndarray, max_side: int | None) -> np.ndarray:
     """Shrink so the long side is at most ``max_side`` (Lanczos); small images stay as they are."""
     if not max_side or max(img.shape[:2]) <= max_side:
         return img
@@ -63,14 +63,32 @@ def _fit(img: np.ndarray, max_side: int | None) -> np.ndarray:
     return np.asarray(Image.fromarray(img).resize(size, Image.LANCZOS))
 
 
-def _read_image(path: Path) -> np.ndarray:
+def read_image(path: Path) -> np.ndarray:
+    """An image file as HxWx3 uint8 RGB."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB"))
     except (UnidentifiedImageError, OSError) as e:
-        raise AnalyticsError(f"cannot read image {path}: {e}") from e
+        raise EvalError(f"cannot read image {path}: {e}") from e
+
+
+def image_files(folder: Path, recursive: bool = True) -> list[Path]:
+    """The image files of ``folder`` (and its subfolders), sorted by path."""
+    if not folder.is_dir():
+        raise EvalError(f"image folder not found: {folder}")
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    files = sorted(f for f in found if f.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise EvalError(f"no images in {folder}")
+    return files
+
+
+def load_images(folder: str | Path, limit: int | None = None) -> list[tuple[str, np.ndarray]]:
+    """The first ``limit`` (all: None) images of ``folder`` (not its subfolders) in name order,
+    as (file name, image): the test set of ``icm eval-rd``."""
+    return [(p.name, read_image(p)) for p in image_files(Path(folder), recursive=False)[:limit]]
 
 
 def parse_frame_range(text: str | None) -> tuple[int, int | None] | None:
@@ -83,8 +101,8 @@ def parse_frame_range(text: str | None) -> tuple[int, int | None] | None:
     except ValueError:
         start, end, sep = -1, None, ""
     if not sep or start < 0 or (end is not None and end <= start):
-        raise AnalyticsError(f"frame range must be START:END frame indices (END exclusive, "
-                             f"either may be left out), got {text!r}")
+        raise EvalError(f"frame range must be START:END frame indices (END exclusive, "
+                        f"either may be left out), got {text!r}")
     return start, end
 
 
@@ -101,17 +119,17 @@ def sample_video(path: str | Path, n: int | None, max_side: int | None = None,
 
     p = Path(path)
     if not p.is_file():
-        raise AnalyticsError(f"video not found: {p}")
+        raise EvalError(f"video not found: {p}")
     cap = cv2.VideoCapture(str(p))
     try:
         total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
         if not cap.isOpened() or total <= 0:
-            raise AnalyticsError(f"cannot read video {p} (OpenCV opened no frames)")
+            raise EvalError(f"cannot read video {p} (OpenCV opened no frames)")
         start, end = frame_range if frame_range is not None else (0, None)
         end = total if end is None else min(end, total)
         if start >= end:
-            raise AnalyticsError(f"frame range {start}:{end} is empty: {p} has {total} frames")
-        wanted = {start + i for i in _evenly(end - start, n)}
+            raise EvalError(f"frame range {start}:{end} is empty: {p} has {total} frames")
+        wanted = {start + i for i in evenly(end - start, n)}
         images = []
         for i in range(max(wanted) + 1):
             if not cap.grab():
@@ -120,57 +138,20 @@ def sample_video(path: str | Path, n: int | None, max_side: int | None = None,
                 ok, bgr = cap.retrieve()
                 if ok:
                     rgb = np.ascontiguousarray(bgr[:, :, ::-1])
-                    images.append(EvalImage(f"{p.stem}#{i}", _fit(rgb, max_side)))
+                    images.append(EvalImage(f"{p.stem}#{i}", fit(rgb, max_side)))
     finally:
         cap.release()
     if not images:
-        raise AnalyticsError(f"no frames could be decoded from {p}")
+        raise EvalError(f"no frames could be decoded from {p}")
     if name is None:
         name = p.stem if frame_range is None else f"{p.stem}@{start}-{end}"
     return EvalSet(name, images, str(p))
 
 
-def _image_files(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        raise AnalyticsError(f"image folder not found: {folder}")
-    files = sorted(f for f in folder.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise AnalyticsError(f"no images in {folder}")
-    return files
-
-
 def load_photos(folder: str | Path, n: int | None, max_side: int | None = None,
                 name: str = "photos") -> EvalSet:
     """``n`` photos spread evenly over the sorted folder (searched recursively)."""
-    files = _image_files(Path(folder))
-    picked = [files[i] for i in _evenly(len(files), n)]
-    images = [EvalImage(f.name, _fit(_read_image(f), max_side)) for f in picked]
+    files = image_files(Path(folder))
+    picked = [files[i] for i in evenly(len(files), n)]
+    images = [EvalImage(f.name, fit(read_image(f), max_side)) for f in picked]
     return EvalSet(name, images, str(folder))
-
-
-def load_labelled(folder: str | Path, n: int | None, names: dict[int, str] | None = None,
-                  max_side: int | None = None, name: str = "coco8",
-                  split: str | None = None) -> EvalSet:
-    """A YOLO dataset folder (``images/...`` with ``labels/...`` beside it, as in COCO8).
-
-    ``split`` (``train``, ``val``) takes only ``images/<split>``: training on one split and
-    evaluating on another keeps the two apart. Labels are normalised, so shrinking an image
-    keeps them valid.
-    """
-    root = Path(folder)
-    img_root, label_root = root / "images", root / "labels"
-    if not img_root.is_dir() or not label_root.is_dir():
-        raise AnalyticsError(f"{root} is not a YOLO dataset: it needs images/ and labels/")
-    if split:
-        img_root, label_root = img_root / split, label_root / split
-        if not img_root.is_dir():
-            raise AnalyticsError(f"{root} has no split {split!r} (no images/{split}/)")
-    files = _image_files(img_root)
-    picked = [files[i] for i in _evenly(len(files), n)]
-    images = []
-    for f in picked:
-        img = _fit(_read_image(f), max_side)
-        label = label_root / f.relative_to(img_root).with_suffix(".txt")
-        gt = load_yolo_labels(label, img.shape[:2], names, f.name)
-        images.append(EvalImage(f.name, img, gt))
-    return EvalSet(name, images, str(root))

@@ -1,0 +1,272 @@
+"""Rate-distortion evaluation behind ``icm eval-rd``: real bytes, real decoders, BD-rates.
+
+Every rate comes from bytes that were really written: the layer containers of our codecs
+(base + enhancement for the scalable codec), and in-memory JPEG / WebP / AVIF files from
+Pillow (:mod:`icm_eval.classical`, the table ``icm eval-machine`` uses too). Distortion is
+measured on 8-bit RGB: PSNR and MS-SSIM.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .classical import CLASSICAL, RD_QUALITIES, classical_points
+from .learned import Learned, load_bases, load_layered, package_lambda
+from .metrics import bd_rate, ms_ssim, psnr8
+from .points import RatePoint, RDPoint, mean_point
+
+__all__ = ["RDPoint", "bd_rate", "classical_curve", "evaluate", "markdown", "plot",
+           "write_report"]
+
+# BD-rate anchors: every curve against JPEG and WebP (and AVIF); the learned curves also
+# against each other, so the fusion codec is compared with difference compression directly
+CLASSICAL_ANCHORS = ("JPEG", "WebP", "AVIF")
+FUSION, DC = "scalable (fusion)", "DC (difference)"
+LEARNED_ANCHORS = (DC, "single-layer")
+
+
+def measure(points: Sequence[RatePoint], images: Sequence[tuple[str, np.ndarray]],
+            progress: bool = True, desc: str = "",
+            marginal: list[RDPoint] | None = None) -> list[RDPoint]:
+    """Each point's mean bpp, PSNR and MS-SSIM over ``images`` (one image at a time). With
+    ``marginal``, the same decodes against the top layer's own bytes are appended there (what
+    a request for the human view costs once the base layer is paid for)."""
+    out = []
+    for p in tqdm(points, desc=desc, disable=not progress, leave=False):
+        rows, own_rows = [], []
+        for _, img in images:
+            own_n = None
+            if p.layers is not None:
+                base_n, own_n, dec = p.layers(img)
+                nbytes = base_n + own_n
+            else:
+                [(nbytes, dec)] = p.run([img])
+            px = img.shape[0] * img.shape[1]
+            q = (psnr8(img, dec), ms_ssim(img, dec))
+            rows.append((8 * nbytes / px, *q))
+            if marginal is not None and own_n:
+                own_rows.append((8 * own_n / px, *q))
+        out.append(mean_point(p.label, rows, **p.params))
+        if marginal is not None and own_rows:
+            marginal.append(mean_point(p.label, own_rows, **p.params))
+    return out
+
+
+def classical_curve(name: str, images: Sequence[tuple[str, np.ndarray]],
+                    progress: bool = True,
+                    qualities: Sequence[int] | None = None) -> list[RDPoint]:
+    """``name`` (JPEG, WebP, AVIF) at each quality of its ``eval-rd`` sweep."""
+    qs = RD_QUALITIES[name] if qualities is None else tuple(qualities)
+    return measure(classical_points({name: qs}), images, progress, name)
+
+
+def _layered_point(e: Learned, label: str) -> RatePoint:
+    return e.point(e.kind, label, {
+        "model": str(e.path), "base": str(e.base_path), "kind": e.kind, "lambda": e.lmbda,
+        "base_lambda": package_lambda(e.base),
+        "m": e.package.config.m if e.kind == "enhancement" else None,
+        "params": sum(t.numel() for t in e.package.model.parameters()),
+        "steps": e.package.config.meta.get("steps")})
+
+
+def evaluate(images: Sequence[tuple[str, np.ndarray]], *, bases: Sequence[Path] = (),
+             enhancements: Sequence[Path] = (), residuals: Sequence[Path] = (),
+             singles: Sequence[Path] = (), classical: Sequence[str] = ("JPEG", "WebP", "AVIF"),
+             progress: bool = True) -> dict:
+    """All curves, BD-rates and the PSNR-by-(λ, m) table as one JSON-able dict."""
+    from icm_codec.train.masks import edge_mask
+
+    base_runs = load_bases(list(dict.fromkeys(bases)))
+    curves: dict[str, list[RDPoint]] = {}
+    for name in classical:
+        curves[name] = classical_curve(name, images, progress)
+
+    # machine image: PSNR inside the SA-ICM edge mask versus base bpp
+    masks = [edge_mask(img) for _, img in images]
+    machine = []
+    for b in base_runs:
+        rows = []
+        for (_, img), m in zip(images, masks, strict=True):
+            nbytes, _, dec = b.layers(img)
+            err = (dec.astype(np.float64) - img.astype(np.float64)) ** 2
+            mse_in = err[m].mean() if m.any() else math.nan
+            rows.append((8 * nbytes / (img.shape[0] * img.shape[1]),
+                         10 * math.log10(255**2 / max(mse_in, 1e-12)), psnr8(img, dec)))
+        arr = np.array(rows)
+        machine.append(RDPoint(b.package.config.model_id, float(arr[:, 0].mean()),
+                               float(np.nanmean(arr[:, 1])), math.nan,
+                               {"model": str(b.path), "lambda": b.lmbda,
+                                "psnr_full": float(arr[:, 2].mean())}))
+    curves_machine = sorted(machine, key=lambda x: x.bpp)
+
+    marginal: dict[str, list[RDPoint]] = {}
+    fusion = [_layered_point(e, f"λ={e.lmbda:g} m={e.package.config.m}")
+              for e in load_layered(enhancements, base_runs)]
+    if fusion:
+        marginal[FUSION] = []
+        curves[FUSION] = measure(fusion, images, progress, "fusion", marginal[FUSION])
+    dc = [_layered_point(e, f"λ={e.lmbda:g}") for e in load_layered(residuals, base_runs)]
+    if dc:
+        marginal[DC] = []
+        curves[DC] = measure(dc, images, progress, "DC", marginal[DC])
+    single = [s.point("single", f"λ={s.lmbda:g}", {"model": str(s.path), "lambda": s.lmbda})
+              for s in load_bases(singles)]
+    if single:
+        curves["single-layer"] = measure(single, images, progress, "single")
+    for v in curves.values():
+        v.sort(key=lambda x: x.bpp)
+
+    bd = {}
+    for name, pts in curves.items():
+        anchors = CLASSICAL_ANCHORS if name in CLASSICAL else CLASSICAL_ANCHORS + LEARNED_ANCHORS
+        bd[name] = {anchor: bd_rate(curves[anchor], pts)
+                    for anchor in anchors if anchor in curves and anchor != name}
+    table = [{"lambda": p.extra.get("lambda"), "m": p.extra.get("m"),
+              "base_lambda": p.extra.get("base_lambda"), "bpp": p.bpp, "psnr": p.psnr,
+              "ms_ssim": p.ms_ssim, "params": p.extra.get("params"),
+              "steps": p.extra.get("steps")} for p in curves.get(FUSION, [])]
+    # the human view's marginal cost: the layer's own bits against sending the frame again in
+    # a classical format (what a deployment could do instead on an analyst's request)
+    for pts in marginal.values():
+        pts.sort(key=lambda x: x.bpp)
+    marginal_bd = {name: {a: bd_rate(curves[a], pts) for a in ("WebP", "AVIF") if a in curves}
+                   for name, pts in marginal.items()}
+    return {
+        "images": [n for n, _ in images],
+        "curves": {k: [asdict(p) for p in v] for k, v in curves.items()},
+        "machine": [asdict(p) for p in curves_machine],
+        "bd_rate_percent": bd,
+        "psnr_by_lambda_m": table,
+        "marginal": {k: [asdict(p) for p in v] for k, v in marginal.items()},
+        "marginal_bd_rate_percent": marginal_bd,
+    }
+
+
+def plot(result: dict, out_dir: Path) -> list[Path]:
+    """PSNR and MS-SSIM versus bpp (human image), machine PSNR in mask versus base bpp."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for metric, ylabel in (("psnr", "PSNR (dB, RGB)"), ("ms_ssim", "MS-SSIM")):
+        fig, ax = plt.subplots(figsize=(7, 5))
+        for name, pts in result["curves"].items():
+            xs = [p["bpp"] for p in pts if p["bpp"] <= 2.0]
+            ys = [p[metric] for p in pts if p["bpp"] <= 2.0]
+            ax.plot(xs, ys, marker="o", ms=3, label=name)
+        ax.set_xlabel("bits per pixel (total, from real bytes)")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        ax.set_title(f"human image: {ylabel} vs rate ({len(result['images'])} images)")
+        p = out_dir / f"rd_{metric}.png"
+        fig.savefig(p, dpi=120, bbox_inches="tight")
+        plt.close(fig)
+        paths.append(p)
+    if result.get("marginal"):
+        fig, ax = plt.subplots(figsize=(7, 5))
+        for name in ("WebP", "AVIF"):
+            pts = [p for p in result["curves"].get(name, []) if p["bpp"] <= 2.0]
+            ax.plot([p["bpp"] for p in pts], [p["psnr"] for p in pts], marker="o", ms=3,
+                    label=f"{name} (whole frame)")
+        for name, pts in result["marginal"].items():
+            ax.plot([p["bpp"] for p in pts], [p["psnr"] for p in pts], marker="s",
+                    label=f"{name}: layer bits only")
+        ax.set_xlabel("bits per pixel sent on request (from real bytes)")
+        ax.set_ylabel("PSNR (dB, RGB)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        ax.set_title("human view on request: what it costs once the base layer is paid")
+        p = out_dir / "rd_marginal.png"
+        fig.savefig(p, dpi=120, bbox_inches="tight")
+        plt.close(fig)
+        paths.append(p)
+    if result["machine"]:
+        fig, ax = plt.subplots(figsize=(7, 5))
+        ax.plot([p["bpp"] for p in result["machine"]], [p["psnr"] for p in result["machine"]],
+                marker="o", label="base layer: PSNR inside edge mask")
+        ax.plot([p["bpp"] for p in result["machine"]],
+                [p["extra"]["psnr_full"] for p in result["machine"]], marker="s",
+                label="base layer: PSNR whole frame")
+        ax.set_xlabel("base-layer bits per pixel")
+        ax.set_ylabel("PSNR (dB)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        p = out_dir / "rd_machine.png"
+        fig.savefig(p, dpi=120, bbox_inches="tight")
+        plt.close(fig)
+        paths.append(p)
+    return paths
+
+
+def _f(v, fmt: str) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
+
+
+def markdown(result: dict) -> str:
+    """The report's tables as Markdown: human-image curves, machine curve, BD-rates, λ/m."""
+    n = len(result["images"])
+    out = [f"### Human image: PSNR / MS-SSIM vs total bpp ({n} images, mean per image)\n",
+           "| codec | point | bpp | PSNR dB | MS-SSIM |", "|---|---|---|---|---|"]
+    for name, pts in result["curves"].items():
+        for p in pts:
+            out.append(f"| {name} | {p['label']} | {p['bpp']:.3f} | {p['psnr']:.2f} | "
+                       f"{_f(p['ms_ssim'], '.4f')} |")
+    if result["machine"]:
+        out += ["", "### Machine image (base layer only): PSNR inside the SA-ICM edge mask vs "
+                "base bpp\n", "| base model | λ | base bpp | PSNR in edge mask dB | "
+                "PSNR whole frame dB |", "|---|---|---|---|---|"]
+        for p in result["machine"]:
+            out.append(f"| {p['label']} | {_f(p['extra'].get('lambda'), 'g')} | {p['bpp']:.3f} | "
+                       f"{p['psnr']:.2f} | {p['extra']['psnr_full']:.2f} |")
+    bd = result["bd_rate_percent"]
+    anchors = [a for a in CLASSICAL_ANCHORS + LEARNED_ANCHORS
+               if any(a in row for row in bd.values())]
+    if anchors:
+        out += ["", "### BD-rate (%, PSNR; negative = fewer bits than the anchor; '-' = fewer "
+                "than two non-dominated points, or no common PSNR range)\n",
+                "| codec | " + " | ".join(f"vs {a}" for a in anchors) + " |",
+                "|---|" + "---|" * len(anchors)]
+        for name, row in bd.items():
+            out.append(f"| {name} | " + " | ".join(_f(row.get(a), "+.1f") for a in anchors)
+                       + " |")
+    if result["psnr_by_lambda_m"]:
+        out += ["", "### Scalable codec: human-image PSNR by enhancement λ and m\n",
+                "| enhancement λ | m | base λ | parameters | steps | total bpp | PSNR dB | "
+                "MS-SSIM |", "|---|---|---|---|---|---|---|---|"]
+        for r in result["psnr_by_lambda_m"]:
+            params = f"{r['params'] / 1e6:.2f} M" if r.get("params") else "-"
+            out.append(f"| {_f(r['lambda'], 'g')} | {r['m']} | {_f(r.get('base_lambda'), 'g')} "
+                       f"| {params} | {r.get('steps') or '-'} | {r['bpp']:.3f} | "
+                       f"{r['psnr']:.2f} | {_f(r.get('ms_ssim'), '.4f')} |")
+    if result.get("marginal"):
+        out += ["", "### The human view's marginal cost: the enhancement (or residual) layer's "
+                "own bpp vs the human-image PSNR, against WebP / AVIF of the whole frame\n",
+                "| codec | point | layer bpp | PSNR dB | BD-rate vs WebP | BD-rate vs AVIF |",
+                "|---|---|---|---|---|---|"]
+        for name, pts in result["marginal"].items():
+            bdm = result["marginal_bd_rate_percent"].get(name, {})
+            for i, p in enumerate(pts):
+                extra = (f"{_f(bdm.get('WebP'), '+.1f')} | {_f(bdm.get('AVIF'), '+.1f')}"
+                         if i == 0 else " | ")
+                out.append(f"| {name} | {p['label']} | {p['bpp']:.3f} | {p['psnr']:.2f} | "
+                           f"{extra} |")
+    return "\n".join(out) + "\n"
+
+
+def write_report(result: dict, out_dir: Path) -> Path:
+    """``rd.json`` (everything) and ``rd.md`` (the tables) in ``out_dir``; returns the JSON."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "rd.json"
+    path.write_text(json.dumps(result, indent=2, allow_nan=True))
+    (out_dir / "rd.md").write_text(markdown(result))
+    return path
