@@ -103,6 +103,7 @@ class EdgeLink:
         self.welcome_timeout_s = welcome_timeout_s
         self.stats = stats or (lambda: edge_stats(self.metrics))
         self.last_error: grpc.RpcError | None = None
+        self.cloud_instance = ""   # the cloud instance holding the stream (its Welcome says)
         self.on_connection: Callable[[bool], None] | None = None
         self.connected = threading.Event()
         self._stop = threading.Event()
@@ -166,6 +167,7 @@ class EdgeLink:
                 self._conn = None
                 self.connected.clear()
                 self.metrics.connected.set(0)
+                self.metrics.cloud_instance.clear()
                 if self.on_connection is not None:
                     self.on_connection(False)
             if not again and self._stop.wait(self.backoff.next_delay()):
@@ -247,8 +249,11 @@ class EdgeLink:
         conn.sent = max(self._acked, last)
         conn.heartbeat_s = w.heartbeat_ms / 1000
         conn.stats_s = w.stats_interval_ms / 1000
+        self.cloud_instance = w.cloud_instance
         self.connected.set()
         self.metrics.connected.set(1)
+        self.metrics.cloud_instance.clear()
+        self.metrics.cloud_instance.labels(w.cloud_instance or "?").set(1)
         if self.on_connection is not None:
             self.on_connection(True)
         self.backoff.reset()
