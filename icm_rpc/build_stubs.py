@@ -20,7 +20,9 @@ installed); ``grpc_tools`` is imported when the stubs are made.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 __all__ = ["GENERATED", "PACKAGE_DIR", "PROTO_FILE", "ensure_in_tree", "generate", "is_stale"]
@@ -45,12 +47,18 @@ def generate(root: Path, proto: Path = PROTO_FILE) -> list[Path]:
     out = Path(root) / PACKAGE_DIR
     out.mkdir(parents=True, exist_ok=True)
     include = str(Path(protoc.__file__).parent / "_proto")
-    rc = protoc.main(["protoc", f"-I{PACKAGE_DIR}={proto.parent}", f"-I{include}",
-                      f"--python_out={root}", f"--pyi_out={root}", f"--grpc_python_out={root}",
-                      f"{PACKAGE_DIR}/{proto.name}"])
-    if rc != 0:
-        raise RuntimeError(f"protoc failed on {proto} (exit {rc})")
-    (out / "__init__.py").write_text(_INIT)
+    # written next to the package, then each file moved into place: a process importing the
+    # stubs meanwhile (a checkout's tests start several) never reads a half-written file
+    with tempfile.TemporaryDirectory(prefix=".stubs-", dir=out.parent) as tmp:
+        rc = protoc.main(["protoc", f"-I{PACKAGE_DIR}={proto.parent}", f"-I{include}",
+                          f"--python_out={tmp}", f"--pyi_out={tmp}", f"--grpc_python_out={tmp}",
+                          f"{PACKAGE_DIR}/{proto.name}"])
+        if rc != 0:
+            raise RuntimeError(f"protoc failed on {proto} (exit {rc})")
+        made = Path(tmp) / PACKAGE_DIR
+        (made / "__init__.py").write_text(_INIT)
+        for name in GENERATED:
+            os.replace(made / name, out / name)
     return [out / name for name in GENERATED]
 
 
