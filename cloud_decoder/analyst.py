@@ -166,7 +166,9 @@ class AnalystServicer(pb_grpc.AnalystServicer):
             else:
                 base_models = []
             cams.append(pb.Camera(camera_id=c.camera_id, online=c.online or session is not None,
-                                  width=width, height=height, base_model_id=c.base_model_id,
+                                  width=width, height=height,
+                                  base_model_id=(session.base_model_id if session is not None
+                                                 else c.base_model_id),
                                   frames_stored=c.frames_stored, last_frame_id=c.last_frame_id,
                                   last_seen_us=c.last_seen_us, instance=c.instance,
                                   base_models=base_models,
@@ -344,7 +346,17 @@ class AnalystServicer(pb_grpc.AnalystServicer):
                 except grpc.RpcError as e:
                     context.abort(e.code(), f"via instance {peer}: {e.details()}")
             context.abort(grpc.StatusCode.UNAVAILABLE, f"camera {request.camera_id!r} is offline")
-        base = request.settings.base_model_id
+        settings = request.settings
+        wanted = [cap for cap, asked in (("settings.base_model", settings.base_model_id),
+                                         ("settings.max_fps", settings.max_fps > 0)) if asked]
+        missing = [cap for cap in wanted
+                   if cap not in session.capabilities]  # type: ignore[union-attr]
+        if missing:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                          f"camera {request.camera_id!r} cannot change {', '.join(missing)}: "
+                          f"its edge does not announce it (capabilities: "
+                          f"{', '.join(sorted(session.capabilities)) or 'none'})")  # type: ignore[union-attr]
+        base = settings.base_model_id
         if base and base not in session.hello.base_models:  # type: ignore[union-attr]
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                           f"camera {request.camera_id!r} has no base model {base!r} (it has: "

@@ -58,6 +58,10 @@ def hello_problem(hello: pb.Hello) -> str | None:
                  "enhancement_model_digest", "software_version"):
         if not _text_ok(getattr(hello, name)):
             return f"{name} must be at most {_MAX_TEXT} printable characters"
+    for name in ("base_model_digest", "enhancement_model_digest"):
+        value = getattr(hello, name)
+        if value and not all(c in "0123456789abcdef" for c in value):
+            return f"{name} must be lowercase hex (or empty)"
     for name in ("capabilities", "base_models"):
         values = getattr(hello, name)
         if len(values) > 64 or not all(_text_ok(v) for v in values):
@@ -162,10 +166,11 @@ class EdgeLinkServicer(pb_grpc.EdgeLinkServicer):
             self.metrics.active_sessions.set(len(self.sessions))
             self._camera_up(session)
             log.info("camera %s connected from %s (edge %s, base %s %s; epoch %r, offset %d, "
-                     "stored up to its frame %d)", hello.camera_id, context.peer(),
-                     hello.software_version or "?", hello.base_model_id or "?",
-                     hello.base_model_digest[:12], hello.epoch, info.offset,
-                     info.last_frame_id)
+                     "stored up to its frame %d; capabilities: %s)", hello.camera_id,
+                     context.peer(), hello.software_version or "?",
+                     hello.base_model_id or "?", hello.base_model_digest[:12], hello.epoch,
+                     info.offset, info.last_frame_id,
+                     ", ".join(sorted(session.capabilities)) or "none")
             reader.session = session
             reader.ready.set()
             yield pb.CloudMessage(welcome=pb.Welcome(

@@ -195,10 +195,17 @@ class IngestPipeline:
                 m.duplicates.inc()
                 continue
             try:
-                self.decoder.check(it.frame.layer)
+                header = self.decoder.check(it.frame.layer)
                 todo.append(it)
             except RejectedLayerError as e:
                 self._reject(it, str(e), e.reason)
+                continue
+            announced = it.session.base_model_id
+            if it.session.note_base(header.model_id, header.model_digest.hex()):
+                log.info("camera %s: frame %d is coded by base model %s (%s), not %s as "
+                         "announced or before: following the frames", it.session.camera_id,
+                         it.frame.frame_id, header.model_id or "?",
+                         header.model_digest.hex()[:12], announced or "?")
         rows = self._analyse(todo)
         new = self._store_call(lambda: self.store.add_frames(rows)) if rows else []
         stored_us = now_us()

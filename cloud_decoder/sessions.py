@@ -3,7 +3,9 @@
 A session owns the stream's outbound queue. Enhancement requests wait on a future that the
 stream's reader completes when the edge answers. A session knows its spool epoch's offset (the
 camera's id of a frame is ``offset`` + the edge's id), when the edge was last heard from, and
-why it was ended when the peer broke the protocol.
+why it was ended when the peer broke the protocol. It also keeps what the edge announced in
+its Hello: its capabilities (what the cloud may ask of it) and its base model, which each
+stored frame's layer header confirms or, after a switch, replaces (:meth:`note_base`).
 """
 
 from __future__ import annotations
@@ -42,7 +44,11 @@ class EdgeSession:
         self.epoch = hello.epoch
         self.offset = offset
         self.peer = peer
-        self.heartbeat_s = heartbeat_s if "heartbeat" in hello.capabilities else 0.0
+        self.capabilities = frozenset(hello.capabilities)
+        self.heartbeat_s = heartbeat_s if "heartbeat" in self.capabilities else 0.0
+        # the base model the edge codes with: announced, then as its frames' headers say
+        self.base_model_id = hello.base_model_id
+        self.base_digest = hello.base_model_digest
         self.retained_from = hello.retained_from_frame_id
         self.stats: pb.EdgeStats | None = None   # the edge's newest EdgeStats (edge_stats.py)
         self.outbound: queue.Queue[pb.CloudMessage | None] = queue.Queue()
@@ -56,6 +62,17 @@ class EdgeSession:
         self._waiting: dict[int, Future] = {}
         self._lock = threading.Lock()
         self.last_acked = 0
+
+    def note_base(self, model_id: str, digest_hex: str) -> bool:
+        """A frame's layer header names the base model that coded it (``digest_hex``: the
+        header's 16 digest bytes). True when that is not the model the session knew (the
+        Hello's, or the last frame's): the edge switched, or announced another; the session
+        then follows the frames."""
+        known = self.base_digest
+        if known and (known.startswith(digest_hex) or digest_hex.startswith(known)):
+            return False
+        self.base_model_id, self.base_digest = model_id, digest_hex
+        return bool(known)
 
     def cloud_id(self, edge_frame_id: int) -> int:
         return self.offset + edge_frame_id

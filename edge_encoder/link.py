@@ -20,6 +20,11 @@ for five intervals is cancelled and reconnected: a network partition is noticed 
 When the cloud asks for them (Welcome.stats_interval_ms), the edge also sends its health and
 counters (EdgeStats) that often, which the cloud re-exports: a camera behind NAT is observable
 without anyone scraping it.
+
+The stream itself is this module: connect and reconnect, the Hello and Welcome, sending frames
+within the window, acks, heartbeats, statistics. Enhancement requests go to an
+:class:`~edge_encoder.responder.EnhancementResponder` (``submit``); its answers come back
+through :meth:`EdgeLink.send`, like any message the stream should carry up.
 """
 
 from __future__ import annotations
@@ -29,7 +34,6 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import grpc
@@ -42,6 +46,7 @@ from icm_rpc.tls import TLSFiles, client_credentials
 
 from .encoder import EdgeEncoder
 from .metrics import EdgeMetrics, edge_stats
+from .responder import EnhancementResponder
 from .spool import Spool
 
 __all__ = ["EdgeLink"]
@@ -72,6 +77,8 @@ class EdgeLink:
     """Runs the stream in a background thread until :meth:`stop`.
 
     Args:
+        encoder: makes the enhancement layers the cloud asks for (through the link's
+            :class:`~edge_encoder.responder.EnhancementResponder`, ``responder``).
         hello_extra: called at each connect for fresh Hello fields (frame size, models).
         stats: makes the EdgeStats sent when the cloud asks for them (default: from
             ``metrics``).
@@ -86,7 +93,6 @@ class EdgeLink:
         self.camera_id = camera_id
         self.target = target
         self.spool = spool
-        self.encoder = encoder
         self.metrics = metrics
         self.tls = tls or TLSFiles()
         self.server_name = server_name
@@ -97,13 +103,14 @@ class EdgeLink:
         self.welcome_timeout_s = welcome_timeout_s
         self.stats = stats or (lambda: edge_stats(self.metrics))
         self.last_error: grpc.RpcError | None = None
+        self.cloud_instance = ""   # the cloud instance holding the stream (its Welcome says)
         self.on_connection: Callable[[bool], None] | None = None
         self.connected = threading.Event()
         self._stop = threading.Event()
         self._wake = threading.Condition()
         self._control: queue.Queue[pb.EdgeMessage] = queue.Queue()
         self._acked = 0
-        self._enh_pool = ThreadPoolExecutor(1, thread_name_prefix="edge-enh")
+        self.responder = EnhancementResponder(spool, encoder, metrics, send=self.send)
         self._thread = threading.Thread(target=self._run, name="edge-link", daemon=True)
         self._watchdog = threading.Thread(target=self._watch, name="edge-link-watch",
                                           daemon=True)
@@ -123,12 +130,17 @@ class EdgeLink:
         if call is not None:
             call.cancel()
         self._thread.join(timeout)
-        self._enh_pool.shutdown(wait=False, cancel_futures=True)
+        self.responder.close()
 
     def notify(self) -> None:
         """Wake the sender (a frame was spooled, an ack arrived)."""
         with self._wake:
             self._wake.notify_all()
+
+    def send(self, msg: pb.EdgeMessage) -> None:
+        """Send ``msg`` up the stream ahead of pending frames (now, or once connected)."""
+        self._control.put(msg)
+        self.notify()
 
     def _channel(self) -> grpc.Channel:
         creds = client_credentials(self.tls) if self.tls.enabled else None
@@ -155,6 +167,7 @@ class EdgeLink:
                 self._conn = None
                 self.connected.clear()
                 self.metrics.connected.set(0)
+                self.metrics.cloud_instance.clear()
                 if self.on_connection is not None:
                     self.on_connection(False)
             if not again and self._stop.wait(self.backoff.next_delay()):
@@ -205,7 +218,7 @@ class EdgeLink:
                         log.warning("cloud rejected frame %d: %s", msg.rejected.frame_id,
                                     msg.rejected.reason)
                     elif kind == "enhancement_request":
-                        self._enh_pool.submit(self._answer, msg.enhancement_request)
+                        self.responder.submit(msg.enhancement_request)
                     elif kind == "settings" and self.on_settings is not None:
                         self.on_settings(msg.settings)
                     self.notify()
@@ -236,8 +249,11 @@ class EdgeLink:
         conn.sent = max(self._acked, last)
         conn.heartbeat_s = w.heartbeat_ms / 1000
         conn.stats_s = w.stats_interval_ms / 1000
+        self.cloud_instance = w.cloud_instance
         self.connected.set()
         self.metrics.connected.set(1)
+        self.metrics.cloud_instance.clear()
+        self.metrics.cloud_instance.labels(w.cloud_instance or "?").set(1)
         if self.on_connection is not None:
             self.on_connection(True)
         self.backoff.reset()
@@ -307,27 +323,3 @@ class EdgeLink:
             if not batch:
                 with self._wake:
                     self._wake.wait(0.25)
-
-    def _answer(self, req: pb.EnhancementRequest) -> None:
-        resp = pb.EnhancementResponse(request_id=req.request_id, frame_id=req.frame_id)
-        kept = self.spool.retained(req.frame_id)
-        if kept is None:
-            resp.error = f"frame {req.frame_id} is no longer retained at the edge"
-            outcome = "not_retained"
-        elif kept.enhancement is not None:
-            resp.layer = kept.enhancement
-            outcome = "eager"
-        elif kept.raw_png is not None:
-            try:
-                resp.layer = self.encoder.encode_enhancement(kept.raw_png, kept.base)
-                self.spool.store_enhancement(req.frame_id, resp.layer)
-                outcome = "lazy"
-            except (ValueError, RuntimeError) as e:
-                resp.error = str(e)
-                outcome = "error"
-        else:
-            resp.error = "this edge makes no enhancement layers"
-            outcome = "unsupported"
-        self.metrics.enhancement_requests.labels(outcome).inc()
-        self._control.put(pb.EdgeMessage(enhancement=resp))
-        self.notify()

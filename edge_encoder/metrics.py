@@ -41,6 +41,9 @@ class EdgeMetrics:
                                   "the first", registry=r)
         self.connected = Gauge("icm_edge_connected", "1 while the stream to the cloud is up",
                                registry=r)
+        self.cloud_instance = Gauge("icm_edge_cloud_instance", "1 for the cloud instance that "
+                                    "holds the stream (Welcome.cloud_instance), while it is up",
+                                    ["instance"], registry=r)
         self.source_events = Counter("icm_edge_source_events", "Live source trouble: "
                                      "open_failed, lost (stopped delivering), reopened",
                                      ["event"], registry=r)

@@ -45,10 +45,16 @@ def _req_name(req: str) -> str:
     return _norm(re.split(r"[<>=!~ \[;]", req)[0])
 
 
-def _pyproject() -> dict:
+def _pyproject(table: str = "project") -> dict:
     import tomllib
 
-    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())[table]
+
+
+def build_requirements() -> list[str]:
+    """The build system's requirements (setuptools, grpcio-tools for the stubs): the images
+    install the project with ``--no-build-isolation`` from their lock."""
+    return list(_pyproject("build-system")["requires"])
 
 
 def requirements(extras: list[str]) -> list[str]:
@@ -111,11 +117,12 @@ def locked(image: str) -> dict[str, str]:
 
 
 def check() -> list[str]:
-    """What the locks miss: a dependency of pyproject (for the image's extras) not pinned."""
+    """What the locks miss: a dependency of pyproject (for the image's extras) or a build
+    requirement, not pinned."""
     problems = []
     for image, extras in IMAGES.items():
         have = locked(image)
-        for req in requirements(extras):
+        for req in [*requirements(extras), *build_requirements()]:
             name = _req_name(req)
             if ";" in req and "python_version < '3.11'" in req:
                 continue   # the images run 3.11
@@ -137,8 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1 if problems else 0
     OUT.mkdir(parents=True, exist_ok=True)
     for image, extras in IMAGES.items():
-        # setuptools: the project is installed with --no-build-isolation from the lock
-        items = resolve([*requirements(extras), *torch_pins(), "setuptools>=68"])
+        # the build requirements: the project is installed with --no-build-isolation
+        items = resolve([*requirements(extras), *torch_pins(), *build_requirements()])
         (OUT / f"{image}.txt").write_text(lock_text(image, items))
         print(f"wrote {OUT / f'{image}.txt'}")
     return 0

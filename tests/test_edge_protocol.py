@@ -157,6 +157,36 @@ def test_silent_edge_is_cut_off(cloud, layers):
     assert cloud.metrics.silent_streams._value.get() >= 1
 
 
+def test_settings_need_the_edges_capability(cloud):
+    """ChangeSettings asks an edge only what its Hello lists (Hello.capabilities): one that
+    does not list settings.base_model gets FAILED_PRECONDITION, one that does gets Settings."""
+    got: dict[str, list[str]] = {}
+
+    def edge(camera: str, capabilities: list[str]) -> threading.Thread:
+        msg = pb.EdgeMessage(hello=pb.Hello(camera_id=camera, epoch="e1", base_models=["b2"],
+                                            capabilities=capabilities))
+        t = threading.Thread(target=lambda: got.setdefault(
+            camera, exchange(cloud.port, [msg], timeout=6)[0]), daemon=True)
+        t.start()
+        return t
+
+    threads = [edge("p-nocaps", ["heartbeat"]), edge("p-caps", ["settings.base_model"])]
+    wait_for(lambda: cloud.sessions.get("p-nocaps") and cloud.sessions.get("p-caps"), 10,
+             "both streams")
+    with AnalystClient(f"127.0.0.1:{cloud.port}") as client:
+        with pytest.raises(grpc.RpcError) as e:
+            client.change_settings("p-nocaps", base_model_id="b2")
+        assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "settings.base_model" in e.value.details()
+        with pytest.raises(grpc.RpcError) as e:
+            client.change_settings("p-caps", max_fps=5)           # listed: base model only
+        assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        client.change_settings("p-caps", base_model_id="b2")
+    for t in threads:
+        t.join(15)
+    assert "settings" in got["p-caps"] and "settings" not in got["p-nocaps"]
+
+
 def test_frames_beyond_the_window_are_refused(cloud, layers):
     """A peer that never waits for acks: the cloud holds at most max_in_flight of its frames
     (here the pipeline is paused, so none is processed) and then ends the stream."""

@@ -408,6 +408,10 @@ def test_edge_health_reports_the_stream(tmp_path, cloud):
 def test_settings_switch_the_base_rate_point(cloud, tmp_path, frames):
     with make_edge(tmp_path, cloud.port) as edge:
         wait_for(edge.link.connected.is_set, 30, "connection")
+        # the edge knows (and exports) the instance holding its stream: the Welcome's
+        assert edge.link.cloud_instance == cloud.instance
+        assert edge.metrics.registry.get_sample_value(
+            "icm_edge_cloud_instance", {"instance": cloud.instance}) == 1
         before = edge.encoder.current
         other = next(m for m in edge.encoder.available_bases() if m != before)
         with AnalystClient(f"127.0.0.1:{cloud.port}") as client:
@@ -419,6 +423,9 @@ def test_settings_switch_the_base_rate_point(cloud, tmp_path, frames):
             edge.capture_one(frames[0])
             assert edge.wait_drained(60)
             assert client.frames("cam-1")[0].frame_id == 1
+            # the frame's header names the new model: the camera's base follows it
+            (cam,) = client.cameras()
+            assert cam.base_model_id == other != before
         with sqlite3.connect(cloud.config.db) as c:
             layer = c.execute("SELECT base_layer FROM frames").fetchone()[0]
     from icm_codec.bitstream import unpack_layer

@@ -30,10 +30,10 @@ RUN python -m venv /opt/venv \
 WORKDIR /src
 COPY . .
 # Then the lock: exact versions, hashes required, no resolution (it also sets the versions of
-# torch's own dependencies); the gRPC stubs; the project without dependencies.
+# torch's own dependencies, and the build requirements); the project without dependencies,
+# whose build (setup.py) generates the gRPC stubs into it.
 RUN pip install --no-deps --require-hashes --index-url "${PIP_INDEX_URL}" \
         -r deploy/docker/requirements/console.txt \
-    && python -c "from icm_rpc.protos import generate; generate(force=True)" \
     && pip install --no-deps --no-build-isolation --no-index .
 
 # -- runtime -----------------------------------------------------------------------------------
