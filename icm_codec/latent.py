@@ -159,14 +159,22 @@ class ChannelConditionalCoder(nn.Module):
         self.gaussian_conditional = GaussianConditional(SCALE_TABLE, scale_bound=SCALE_TABLE[0])
         self._z_tables: RansTables | None = None
         self._y_tables: RansTables | None = None
+        # training only (not saved): h_s sees z + uniform noise instead of round(z)
+        self.z_noise = False
 
     # -- training ----------------------------------------------------------------------------
     def forward(self, y: Tensor) -> dict[str, Tensor | dict[str, Tensor]]:
         """Differentiable pass: ŷ (straight-through) and the likelihoods of z and y."""
         z = self.h_a(y)
-        _, z_likelihoods = self.entropy_bottleneck(z)
-        medians = self.entropy_bottleneck._get_medians()
-        z_hat = ste_round(z - medians) + medians
+        z_noisy, z_likelihoods = self.entropy_bottleneck(z)
+        if self.training and self.z_noise:
+            # z + U(-½, ½): h_s sees every change of z, so a small z still carries its signal
+            # (with rounding, |z − median| < ½ is invisible to h_s while its rate pulls it
+            # to the median: the hyperprior collapses; docs/training.md)
+            z_hat = z_noisy
+        else:
+            medians = self.entropy_bottleneck._get_medians()
+            z_hat = ste_round(z - medians) + medians
         feats = self.h_s(z_hat)
         y_hats, y_liks, prev = [], [], []
         for k, y_k in enumerate(y.split(self.slice_channels, dim=1)):

@@ -14,6 +14,8 @@ Variants:
 - ``lite-gdn``: the same convolutions with GDN / inverse GDN instead of LeakyReLU.
 - ``balle128``: Ballé et al.'s 5×5 GDN transforms (N = 128) with the channel-conditional coder.
 - ``msh64``: CompressAI's MeanScaleHyperprior(64, 128), its own transforms and hyperprior.
+- suffix ``+znoise`` (``lite+znoise``): h_s sees z + U(-½, ½) in training instead of round(z)
+  (the hyperprior's dead zone, docs/training.md); the table's z column is z's share of the bpp.
 """
 
 from __future__ import annotations
@@ -31,6 +33,11 @@ SHARED = "../shared/data"
 
 def _model(variant: str) -> nn.Module:
     from compressai.layers import GDN
+
+    if variant.endswith("+znoise"):
+        model = _model(variant.removesuffix("+znoise"))
+        model.coder.z_noise = True
+        return model
 
     from icm_codec import CodecConfig, create_model
     from icm_codec.layers import ResBlock, SubpixelUp, conv
@@ -65,8 +72,9 @@ def _model(variant: str) -> nn.Module:
     return model
 
 
-def run(variant: str, steps: int, lmbda: float, batches) -> tuple[float, float, float, int]:
-    from icm_codec.losses import psnr, rate_distortion_loss
+def run(variant: str, steps: int, lmbda: float, batches
+        ) -> tuple[float, float, float, float, int]:
+    from icm_codec.losses import bpp_of, psnr, rate_distortion_loss
 
     torch.manual_seed(0)
     model = _model(variant)
@@ -81,7 +89,9 @@ def run(variant: str, steps: int, lmbda: float, batches) -> tuple[float, float, 
         for g in opt.param_groups:
             g["lr"] = 3e-4 * min(1.0, (step + 1) / 100)
         x, _ = batches.next(2)
-        terms = rate_distortion_loss(model(x), x, lmbda)
+        out = model(x)
+        terms = rate_distortion_loss(out, x, lmbda)
+        z_bpp = bpp_of({"z": out["likelihoods"]["z"]}, x.shape[0] * x.shape[2] * x.shape[3])
         opt.zero_grad()
         terms["loss"].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -91,12 +101,14 @@ def run(variant: str, steps: int, lmbda: float, batches) -> tuple[float, float, 
         aux.backward()
         aux_opt.step()
         times.append(time.perf_counter() - t0)
-        hist.append((float(terms["bpp"].detach()), psnr(float(terms["mse_full"].detach()))))
+        hist.append((float(terms["bpp"].detach()), psnr(float(terms["mse_full"].detach())),
+                     float(z_bpp.detach())))
         if (step + 1) % 100 == 0:
             h = np.array(hist[-100:]).mean(0)
-            print(f"{variant} {step + 1}: bpp {h[0]:.3f} psnr {h[1]:.2f}", flush=True)
+            print(f"{variant} {step + 1}: bpp {h[0]:.3f} (z {h[2]:.4f}) psnr {h[1]:.2f}",
+                  flush=True)
     last = np.array(hist[-100:]).mean(0)
-    return float(last[0]), float(last[1]), statistics.median(times), params
+    return float(last[0]), float(last[1]), float(last[2]), statistics.median(times), params
 
 
 def main() -> None:
@@ -119,9 +131,10 @@ def main() -> None:
         batches = _Batches(train, masks, 256, 0, video_share=0.15, min_scale=0.5)
         rows.append((variant, *run(variant, args.steps, args.lmbda, batches)))
     print(f"\nλ {args.lmbda}, {args.steps} steps, mean of the last 100 training batches")
-    print("| variant | parameters | bpp | PSNR (dB) | s/step (median) |\n|---|---|---|---|---|")
-    for variant, bpp, db, sec, params in rows:
-        print(f"| {variant} | {params / 1e6:.2f} M | {bpp:.3f} | {db:.2f} | {sec:.2f} |")
+    print("| variant | parameters | bpp | of it z | PSNR (dB) | s/step (median) |\n"
+          "|---|---|---|---|---|---|")
+    for variant, bpp, db, zb, sec, params in rows:
+        print(f"| {variant} | {params / 1e6:.2f} M | {bpp:.3f} | {zb:.4f} | {db:.2f} | {sec:.2f} |")
 
 
 if __name__ == "__main__":

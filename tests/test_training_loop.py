@@ -118,6 +118,31 @@ def test_collapsed_scales_come_back_when_the_rate_needs_them() -> None:
     assert float(bias.median()) > L_MIN / 2**LOG_SCALE_FRAC + 1.0
 
 
+
+def test_noisy_z_shows_a_small_z_to_the_hyper_decoder() -> None:
+    """With rounding, a z inside ±½ of its median reaches h_s as the median (its signal is
+    invisible while its rate pulls it in: the collapse docs/training.md describes); with
+    ``z_noise`` h_s sees z + U(-½, ½) in training, and coding (eval) still rounds."""
+    torch.manual_seed(0)
+    coder = _small().coder.train()
+    with torch.no_grad():
+        coder.h_a[-1].weight.mul_(1e-3)  # every z well inside the dead zone
+        coder.h_a[-1].bias.zero_()
+    seen: list[torch.Tensor] = []
+    coder.h_s.register_forward_hook(lambda m, inp, out: seen.append(inp[0].detach().clone()))
+    y = torch.randn(1, coder.latent_channels, 16, 16)
+    for noise, training in ((False, True), (True, True), (True, False)):
+        coder.z_noise = noise
+        coder.train(training)
+        coder(y)
+    rounded, noisy, coded = seen
+    medians = coder.entropy_bottleneck._get_medians().detach()
+    assert torch.equal(rounded, medians.expand_as(rounded))
+    assert torch.equal(coded, rounded)
+    z = coder.h_a(y).detach()
+    assert float((noisy - z).abs().max()) <= 0.5
+    assert float((noisy - medians).abs().mean()) > 0.1
+
 # -- defect 3: a step-based schedule that a resume cannot move -------------------------------
 def test_schedule_is_step_based() -> None:
     s = LRSchedule(peak=4e-4, warmup=100, end=1000, decay=200, final_ratio=0.05)

@@ -50,6 +50,8 @@ class TrainConfig:
     final_lr_ratio: float = flag(0.02, help="learning rate at the end, as a share of the peak")
     density_lr_scale: float = flag(1.0,  # = training.DENSITY_LR_SCALE (tests check)
                                    help="learning rate of the z density, times the main rate")
+    z_noise: bool = flag(False,  # the hyperprior's dead zone: docs/training.md
+                         help="the hyper decoder sees z + uniform noise in training, not round(z)")
     ema: float = flag(0.999,  # validation and export use the moving average of the weights
                       help="weight-average decay (validation and export use the average)")
     clip: float = flag(1.0, help="gradient-norm clip")

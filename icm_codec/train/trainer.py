@@ -306,6 +306,7 @@ def _train(cfg: TrainConfig, out: Path, progress: bool) -> Path:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     model, base = _build(cfg)
+    model.coder.z_noise = cfg.z_noise
     ref = _Reference(base, cfg.kind)
     opt, aux_opt = make_optimizers(model, cfg.lr, density_lr_scale=cfg.density_lr_scale)
     ckpt_path = out / "last.pt"
