@@ -11,7 +11,6 @@ Byte layout, limits and version policy: ``docs/bitstream.md``.
 from __future__ import annotations
 
 import dataclasses
-import enum
 import hashlib
 import struct
 import zlib
@@ -23,6 +22,7 @@ from .errors import (
     TruncatedStreamError,
     UnsupportedVersionError,
 )
+from .kinds import LayerKind
 
 __all__ = [
     "DEFAULT_MAX_LAYER_BYTES",
@@ -64,20 +64,6 @@ MAX_HEADER_BYTES = 0xFFFF
 _U32_MAX = 0xFFFFFFFF
 _U64_MAX = 0xFFFFFFFFFFFFFFFF
 _ZERO_DIGEST = bytes(DIGEST_BYTES)
-
-
-class LayerKind(enum.IntEnum):
-    """What a layer codes, and therefore whether it needs a base layer to decode."""
-
-    BASE = 0  # machine layer (SA-ICM base codec), decodable alone
-    ENHANCEMENT = 1  # feature-fusion enhancement layer; needs its base layer
-    RESIDUAL = 2  # difference-compression baseline: codes x - x_machine; needs its base layer
-    SINGLE = 3  # single-layer codec straight to a human image
-
-    @property
-    def needs_parent(self) -> bool:
-        """True for kinds that refine a base layer (and so name it in ``parent``)."""
-        return self in (LayerKind.ENHANCEMENT, LayerKind.RESIDUAL)
 
 
 def _as_bytes(value: object, name: str) -> bytes:
@@ -149,10 +135,10 @@ class LayerHeader:
             raise HeaderError(f"header would be {size} bytes (at most {MAX_HEADER_BYTES})")
         has_parent = self.parent != _ZERO_DIGEST
         if self.kind.needs_parent and not has_parent:
-            raise HeaderError(f"a {self.kind.name.lower()} layer needs a parent base-layer "
+            raise HeaderError(f"a {self.kind.label} layer needs a parent base-layer "
                               "digest, but parent is all zero")
         if not self.kind.needs_parent and has_parent:
-            raise HeaderError(f"a {self.kind.name.lower()} layer has no parent, but parent "
+            raise HeaderError(f"a {self.kind.label} layer has no parent, but parent "
                               "is not all zero")
 
     @property
