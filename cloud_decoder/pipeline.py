@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from analytics.results import Detection
+from icm_codec.bitstream import ParsedLayer
 from icm_rpc import pb
 from icm_rpc.backoff import Backoff
 
@@ -40,6 +41,7 @@ class IngestItem:
     session: EdgeSession
     frame: pb.BaseFrame
     arrival_us: int
+    layer: ParsedLayer | None = None  # frame.layer parsed, once, by Decoder.check
 
 
 def now_us() -> int:
@@ -195,7 +197,7 @@ class IngestPipeline:
                 m.duplicates.inc()
                 continue
             try:
-                self.decoder.check(it.frame.layer)
+                it.layer = self.decoder.check(it.frame.layer)
                 todo.append(it)
             except RejectedLayerError as e:
                 self._reject(it, str(e), e.reason)
@@ -224,14 +226,14 @@ class IngestPipeline:
     def _decode(self, todo: list[IngestItem]) -> list[tuple[IngestItem, Decoded]]:
         t0 = time.perf_counter()
         try:
-            decoded = self.decoder.decode([it.frame.layer for it in todo])
+            decoded = self.decoder.decode([it.layer for it in todo])  # parsed by check
             pairs = list(zip(todo, decoded, strict=True))
         except Exception as e:  # isolate the bad frame instead of failing the batch
             log.warning("batch decode failed (%s); decoding frames one by one", e)
             pairs = []
             for it in todo:
                 try:
-                    pairs.append((it, self.decoder.decode([it.frame.layer])[0]))
+                    pairs.append((it, self.decoder.decode([it.layer])[0]))
                 except Exception as e1:
                     code = reject_reason(e1) if isinstance(e1, RejectedLayerError) \
                         else "decode_failed"
@@ -262,14 +264,15 @@ class IngestPipeline:
         rows = []
         for (it, dec), dets, runs in zip(pairs, detections, analysed, strict=True):
             h = dec.header
-            n = len(it.frame.layer)
+            assert it.layer is not None  # checked
+            n = len(it.layer.data)
             rows.append(FrameRow(
                 camera_id=it.session.camera_id,
                 frame_id=it.session.cloud_id(it.frame.frame_id),
                 capture_us=it.frame.capture_time_us or it.arrival_us, arrival_us=it.arrival_us,
                 stored_us=now_us(), width=h.width, height=h.height, base_bytes=n,
                 bpp=8.0 * n / max(1, h.width * h.height), detections=dets,
-                base_layer=bytes(it.frame.layer), epoch=it.session.epoch,
+                base_layer=it.layer.data, epoch=it.session.epoch,
                 edge_frame_id=it.frame.frame_id,
                 thumbnail=None if dec.image is None or not self.thumbnail_width
                 else jpeg_thumbnail(dec.image, self.thumbnail_width),
