@@ -27,7 +27,7 @@ from icm_rpc.backoff import Backoff
 from .decoders import Decoded, Decoder, RejectedLayerError, reject_reason
 from .metrics import CloudMetrics
 from .sessions import EdgeSession
-from .storage import FrameRow, Store, StoreUnavailableError
+from .storage import DetectorRun, FrameRow, Store, StoreUnavailableError
 from .store_monitor import StoreMonitor
 from .thumbnails import THUMBNAIL_WIDTH, jpeg_thumbnail
 
@@ -245,7 +245,7 @@ class IngestPipeline:
     def _analyse(self, todo: list[IngestItem]) -> list[FrameRow]:
         pairs = self._decode(todo) if todo else []
         detections: list[list[Detection]] = [[] for _ in pairs]
-        analysed: list[list[dict]] = [[] for _ in pairs]
+        analysed: list[list[DetectorRun]] = [[] for _ in pairs]
         images = [d.image for _, d in pairs]
         digests = [d.header.model_digest for _, d in pairs]
         if self.detectors and pairs and all(img is not None for img in images):
@@ -257,10 +257,10 @@ class IngestPipeline:
                 for i, res in enumerate(results):
                     detections[i].extend(d.tagged(det.name) for d in res.detections)
                     used = getattr(res, "weights", None)
-                    run = {"model": det.name, **(used.to_dict() if used is not None else
-                                                 {"weights": det.name, "adapted": False})}
+                    run = (DetectorRun(det.name, det.name) if used is None else
+                           DetectorRun(det.name, used.id, used.sha256[:16], used.adapted))
                     analysed[i].append(run)
-                    self.metrics.frames_analysed.labels(det.name, run["weights"]).inc()
+                    self.metrics.frames_analysed.labels(det.name, run.weights).inc()
         rows = []
         for (it, dec), dets, runs in zip(pairs, detections, analysed, strict=True):
             h = dec.header
