@@ -80,8 +80,9 @@ class Decoder(Protocol):
         """The parsed layer, or :class:`RejectedLayerError` if it cannot be decoded."""
         ...
 
-    def decode(self, layers: Sequence[ParsedLayer]) -> list[Decoded]:
-        """One :class:`Decoded` per layer, in order; every layer has passed :meth:`check`."""
+    def decode(self, layers: Sequence[ParsedLayer | bytes]) -> list[Decoded]:
+        """One :class:`Decoded` per layer, in order; every layer has passed :meth:`check`.
+        ParsedLayers are not parsed again; bytes (a stored frame's layer) are, once."""
         ...
 
 
@@ -102,7 +103,7 @@ class NoopDecoder:
     def check(self, layer: bytes) -> ParsedLayer:
         return parse_received(layer)
 
-    def decode(self, layers: Sequence[ParsedLayer]) -> list[Decoded]:
+    def decode(self, layers: Sequence[ParsedLayer | bytes]) -> list[Decoded]:
         return [Decoded(parse_received(b).header, None) for b in layers]
 
 
@@ -154,7 +155,7 @@ class CodecDecoder:
             raise RejectedLayerError(str(e), reject_reason(e)) from e
         return parsed
 
-    def decode(self, layers: Sequence[ParsedLayer]) -> list[Decoded]:
+    def decode(self, layers: Sequence[ParsedLayer | bytes]) -> list[Decoded]:
         """Every layer must have passed :meth:`check`."""
         parsed = [parse_received(b) for b in layers]  # passes ParsedLayers through
         images: dict[int, np.ndarray] = {}
