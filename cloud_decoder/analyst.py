@@ -63,11 +63,8 @@ def frame_message(row: FrameRow, enhancement: int = 0, thumbnail: bytes | None =
         edge_epoch=row.epoch, edge_frame_id=row.edge_frame_id, enhancement=enhancement,
         detections=[detection_message(d) for d in row.detections],
         thumbnail_jpeg=thumbnail or b"",
-        analysed_by=[pb.DetectorRun(model=str(r.get("model", "")),
-                                    weights=str(r.get("weights", "")),
-                                    weights_sha256=str(r.get("sha256", "")),
-                                    adapted=bool(r.get("adapted", False)))
-                     for r in row.analysed_by],
+        analysed_by=[pb.DetectorRun(model=r.model, weights=r.weights, weights_sha256=r.sha256,
+                                    adapted=r.adapted) for r in row.analysed_by],
         base_model_id=row.base_model_id, base_model_digest=row.base_digest)
 
 

@@ -19,7 +19,7 @@ from typing import Protocol
 import numpy as np
 
 from icm_codec import ModelPackage, ScalableCodec, load_package
-from icm_codec.bitstream import LayerHeader, unpack_layer
+from icm_codec.bitstream import LayerHeader, ParsedLayer, parse_layer
 from icm_codec.errors import (
     ChecksumError,
     HeaderError,
@@ -32,7 +32,7 @@ from icm_codec.errors import (
 from icm_codec.registry import find_package
 
 __all__ = ["REJECT_REASONS", "CodecDecoder", "Decoded", "Decoder", "NoopDecoder",
-           "RejectedLayerError", "reject_reason"]
+           "RejectedLayerError", "parse_received", "reject_reason"]
 
 # The ``reason`` label of icm_cloud_frames_rejected_total: a fixed set, so that a hostile or
 # broken layer cannot make label values (the message, with its model ids, goes to the edge and
@@ -68,25 +68,31 @@ class Decoded:
 
 
 class Decoder(Protocol):
-    """What the ingest pipeline needs of a base-layer decoder."""
+    """What the ingest pipeline needs of a base-layer decoder.
+
+    A received layer is parsed once, by :meth:`check` (the checksum is verified there); the
+    :class:`~icm_codec.bitstream.ParsedLayer` it returns is what goes on to :meth:`decode`.
+    """
 
     name: str
 
-    def check(self, layer: bytes) -> LayerHeader:
-        """The layer's header, or :class:`RejectedLayerError` if it cannot be decoded."""
+    def check(self, layer: bytes) -> ParsedLayer:
+        """The parsed layer, or :class:`RejectedLayerError` if it cannot be decoded."""
         ...
 
-    def decode(self, layers: Sequence[bytes]) -> list[Decoded]:
-        """One :class:`Decoded` per layer, in order; every layer has passed :meth:`check`."""
+    def decode(self, layers: Sequence[ParsedLayer | bytes]) -> list[Decoded]:
+        """One :class:`Decoded` per layer, in order; every layer has passed :meth:`check`.
+        ParsedLayers are not parsed again; bytes (a stored frame's layer) are, once."""
         ...
 
 
-def container_header(layer: bytes) -> LayerHeader:
-    """The header of a well-formed layer container (checksum included)."""
+def parse_received(layer: bytes | ParsedLayer, what: str = "base layer") -> ParsedLayer:
+    """A received layer parsed (a :class:`ParsedLayer` passes through, not parsed again), or
+    :class:`RejectedLayerError` with the reason code of its defect."""
     try:
-        return unpack_layer(layer).header
+        return parse_layer(layer)
     except ICMError as e:
-        raise RejectedLayerError(f"corrupt base layer: {e}", reject_reason(e)) from e
+        raise RejectedLayerError(f"corrupt {what}: {e}", reject_reason(e)) from e
 
 
 class NoopDecoder:
@@ -94,11 +100,11 @@ class NoopDecoder:
 
     name = "noop"
 
-    def check(self, layer: bytes) -> LayerHeader:
-        return container_header(layer)
+    def check(self, layer: bytes) -> ParsedLayer:
+        return parse_received(layer)
 
-    def decode(self, layers: Sequence[bytes]) -> list[Decoded]:
-        return [Decoded(container_header(b), None) for b in layers]
+    def decode(self, layers: Sequence[ParsedLayer | bytes]) -> list[Decoded]:
+        return [Decoded(parse_received(b).header, None) for b in layers]
 
 
 class CodecDecoder:
@@ -139,38 +145,37 @@ class CodecDecoder:
             self._codecs[key] = codec
         return codec
 
-    def check(self, layer: bytes) -> LayerHeader:
-        header = container_header(layer)
+    def check(self, layer: bytes) -> ParsedLayer:
+        parsed = parse_received(layer)
         with self._lock:
-            codec = self.codec(header)
+            codec = self.codec(parsed.header)
         try:
-            codec.base.parse(layer)
+            codec.base.parse(parsed)  # this model's layer? (no second parse)
         except ICMError as e:
             raise RejectedLayerError(str(e), reject_reason(e)) from e
-        return header
+        return parsed
 
-    def decode(self, layers: Sequence[bytes]) -> list[Decoded]:
+    def decode(self, layers: Sequence[ParsedLayer | bytes]) -> list[Decoded]:
         """Every layer must have passed :meth:`check`."""
-        headers = [unpack_layer(b).header for b in layers]
+        parsed = [parse_received(b) for b in layers]  # passes ParsedLayers through
         images: dict[int, np.ndarray] = {}
         groups: dict[bytes, list[int]] = {}
-        for i, h in enumerate(headers):
-            groups.setdefault(h.model_digest, []).append(i)
+        for i, lay in enumerate(parsed):
+            groups.setdefault(lay.header.model_digest, []).append(i)
         with self._lock:
             for idx in groups.values():
-                codec = self.codec(headers[idx[0]])
-                batch = codec.decode_machine_batch([layers[i] for i in idx])
+                codec = self.codec(parsed[idx[0]].header)
+                batch = codec.decode_machine_batch([parsed[i] for i in idx])
                 images.update(zip(idx, batch, strict=True))
-        return [Decoded(h, images[i]) for i, h in enumerate(headers)]
+        return [Decoded(lay.header, images[i]) for i, lay in enumerate(parsed)]
 
-    def decode_human(self, base: bytes, enhancement: bytes) -> np.ndarray:
-        try:
-            bh, eh = unpack_layer(base).header, unpack_layer(enhancement).header
-        except ICMError as e:
-            raise RejectedLayerError(f"corrupt layer: {e}", reject_reason(e)) from e
+    def decode_human(self, base: bytes | ParsedLayer, enhancement: bytes | ParsedLayer
+                     ) -> np.ndarray:
+        b = parse_received(base, "layer")
+        e = parse_received(enhancement, "layer")
         with self._lock:
-            codec = self.codec(bh, eh)
+            codec = self.codec(b.header, e.header)
             try:
-                return codec.decode_human(base, enhancement)
-            except ICMError as e:
-                raise RejectedLayerError(str(e), reject_reason(e)) from e
+                return codec.decode_human(b, e)
+            except ICMError as err:
+                raise RejectedLayerError(str(err), reject_reason(err)) from err

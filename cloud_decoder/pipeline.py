@@ -20,13 +20,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from analytics.results import Detection
+from icm_codec.bitstream import ParsedLayer
 from icm_rpc import pb
 from icm_rpc.backoff import Backoff
 
 from .decoders import Decoded, Decoder, RejectedLayerError, reject_reason
 from .metrics import CloudMetrics
 from .sessions import EdgeSession
-from .storage import FrameRow, Store, StoreUnavailableError
+from .storage import DetectorRun, FrameRow, Store, StoreUnavailableError
 from .store_monitor import StoreMonitor
 from .thumbnails import THUMBNAIL_WIDTH, jpeg_thumbnail
 
@@ -40,6 +41,7 @@ class IngestItem:
     session: EdgeSession
     frame: pb.BaseFrame
     arrival_us: int
+    layer: ParsedLayer | None = None  # frame.layer parsed, once, by Decoder.check
 
 
 def now_us() -> int:
@@ -195,11 +197,12 @@ class IngestPipeline:
                 m.duplicates.inc()
                 continue
             try:
-                header = self.decoder.check(it.frame.layer)
+                it.layer = self.decoder.check(it.frame.layer)
                 todo.append(it)
             except RejectedLayerError as e:
                 self._reject(it, str(e), e.reason)
                 continue
+            header = it.layer.header
             announced = it.session.base_model_id
             if it.session.note_base(header.model_id, header.model_digest.hex()):
                 log.info("camera %s: frame %d is coded by base model %s (%s), not %s as "
@@ -231,14 +234,14 @@ class IngestPipeline:
     def _decode(self, todo: list[IngestItem]) -> list[tuple[IngestItem, Decoded]]:
         t0 = time.perf_counter()
         try:
-            decoded = self.decoder.decode([it.frame.layer for it in todo])
+            decoded = self.decoder.decode([it.layer for it in todo])  # parsed by check
             pairs = list(zip(todo, decoded, strict=True))
         except Exception as e:  # isolate the bad frame instead of failing the batch
             log.warning("batch decode failed (%s); decoding frames one by one", e)
             pairs = []
             for it in todo:
                 try:
-                    pairs.append((it, self.decoder.decode([it.frame.layer])[0]))
+                    pairs.append((it, self.decoder.decode([it.layer])[0]))
                 except Exception as e1:
                     code = reject_reason(e1) if isinstance(e1, RejectedLayerError) \
                         else "decode_failed"
@@ -250,7 +253,7 @@ class IngestPipeline:
     def _analyse(self, todo: list[IngestItem]) -> list[FrameRow]:
         pairs = self._decode(todo) if todo else []
         detections: list[list[Detection]] = [[] for _ in pairs]
-        analysed: list[list[dict]] = [[] for _ in pairs]
+        analysed: list[list[DetectorRun]] = [[] for _ in pairs]
         images = [d.image for _, d in pairs]
         digests = [d.header.model_digest for _, d in pairs]
         if self.detectors and pairs and all(img is not None for img in images):
@@ -262,21 +265,22 @@ class IngestPipeline:
                 for i, res in enumerate(results):
                     detections[i].extend(d.tagged(det.name) for d in res.detections)
                     used = getattr(res, "weights", None)
-                    run = {"model": det.name, **(used.to_dict() if used is not None else
-                                                 {"weights": det.name, "adapted": False})}
+                    run = (DetectorRun(det.name, det.name) if used is None else
+                           DetectorRun(det.name, used.id, used.sha256[:16], used.adapted))
                     analysed[i].append(run)
-                    self.metrics.frames_analysed.labels(det.name, run["weights"]).inc()
+                    self.metrics.frames_analysed.labels(det.name, run.weights).inc()
         rows = []
         for (it, dec), dets, runs in zip(pairs, detections, analysed, strict=True):
             h = dec.header
-            n = len(it.frame.layer)
+            assert it.layer is not None  # checked
+            n = len(it.layer.data)
             rows.append(FrameRow(
                 camera_id=it.session.camera_id,
                 frame_id=it.session.cloud_id(it.frame.frame_id),
                 capture_us=it.frame.capture_time_us or it.arrival_us, arrival_us=it.arrival_us,
                 stored_us=now_us(), width=h.width, height=h.height, base_bytes=n,
                 bpp=8.0 * n / max(1, h.width * h.height), detections=dets,
-                base_layer=bytes(it.frame.layer), epoch=it.session.epoch,
+                base_layer=it.layer.data, epoch=it.session.epoch,
                 edge_frame_id=it.frame.frame_id,
                 thumbnail=None if dec.image is None or not self.thumbnail_width
                 else jpeg_thumbnail(dec.image, self.thumbnail_width),

@@ -33,9 +33,9 @@ from typing import Any
 from analytics.results import Detection
 from icm_rpc.redact import redact_url, url_secrets
 
-__all__ = ["CameraRow", "EpochInfo", "FrameQuery", "FrameRow", "RetentionPolicy", "Store",
-           "StoreUnavailableError", "detections_from_json", "detections_json", "open_store",
-           "redact_url"]
+__all__ = ["CameraRow", "DetectorRun", "EpochInfo", "FrameQuery", "FrameRow", "RetentionPolicy",
+           "Store", "StoreUnavailableError", "detections_from_json", "detections_json",
+           "detector_runs_json", "open_store", "redact_url"]
 
 log = logging.getLogger("icm.cloud")
 
@@ -99,6 +99,29 @@ class StoreUnavailableError(RuntimeError):
     database without its password."""
 
 
+@dataclass(frozen=True)
+class DetectorRun:
+    """One detector's pass over a stored frame: which weights analysed it (the API's
+    ``DetectorRun``). Stored as JSON ``{"model", "weights", "sha256", "adapted"}``."""
+
+    model: str
+    weights: str
+    sha256: str = ""      # first 16 hex digits of the weights file's SHA-256
+    adapted: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"model": self.model, "weights": self.weights}
+        if self.sha256:
+            out["sha256"] = self.sha256
+        out["adapted"] = self.adapted
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DetectorRun:
+        return cls(model=str(d.get("model", "")), weights=str(d.get("weights", "")),
+                   sha256=str(d.get("sha256", "")), adapted=bool(d.get("adapted", False)))
+
+
 @dataclass
 class FrameRow:
     camera_id: str
@@ -116,15 +139,20 @@ class FrameRow:
     edge_frame_id: int = 0          # the edge's id within ``epoch`` (0: same as frame_id)
     human_view_cached: bool = False
     thumbnail: bytes | None = None    # JPEG of the machine image (cloud_decoder.thumbnails)
-    # the base model that coded the frame, and each detector's weights that analysed it
-    # ({"model", "weights", "sha256", "adapted"}); kept in the frame_analysis table
+    # the base model that coded the frame, and each detector's weights that analysed it;
+    # kept in the frame_analysis table
     base_model_id: str = ""
     base_digest: str = ""
-    analysed_by: list[dict[str, Any]] = field(default_factory=list)
+    analysed_by: list[DetectorRun] = field(default_factory=list)
 
     @property
     def class_names(self) -> set[str]:
         return {d.class_name for d in self.detections}
+
+
+def detector_runs_json(runs: Sequence[DetectorRun]) -> str:
+    """The frame_analysis.analysed_by column: the JSON list every release has written."""
+    return json.dumps([r.to_dict() for r in runs])
 
 
 def detections_json(detections: Sequence[Detection]) -> str:
@@ -450,7 +478,7 @@ class Store:
                         cur.execute(self._q("INSERT INTO frame_analysis VALUES (?, ?, ?, ?, ?) "
                                             "ON CONFLICT DO NOTHING"),
                                     (f.camera_id, f.frame_id, f.base_model_id, f.base_digest,
-                                     json.dumps(f.analysed_by)))
+                                     detector_runs_json(f.analysed_by)))
             for (cam, epoch), last in marks.items():
                 cur.execute(self._q("UPDATE epochs SET last_frame_id = ? WHERE camera_id = ? "
                                     "AND epoch = ? AND last_frame_id < ?"),
@@ -474,7 +502,8 @@ class Store:
         for r in rows:
             a = found.get((r.camera_id, int(r.frame_id)))
             if a is not None:
-                r.base_model_id, r.base_digest, r.analysed_by = a[0], a[1], json.loads(a[2])
+                r.base_model_id, r.base_digest = a[0], a[1]
+                r.analysed_by = [DetectorRun.from_dict(d) for d in json.loads(a[2])]
         return list(rows)
 
     @staticmethod

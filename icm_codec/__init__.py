@@ -26,6 +26,7 @@ from .errors import (
 if TYPE_CHECKING:
     from .api import ScalableCodec, frame_to_tensor, tensor_to_frame
     from .config import CodecConfig
+    from .kinds import LayerKind
     from .models import LayerCodec, create_model
     from .package import ModelPackage, load_package, save_package
 
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 _HOME = {
     "CodecConfig": "config",
     "LayerCodec": "models",
+    "LayerKind": "kinds",
     "ModelPackage": "package",
     "ScalableCodec": "api",
     "create_model": "models",
@@ -50,6 +52,7 @@ __all__ = [
     "HeaderError",
     "ICMError",
     "LayerCodec",
+    "LayerKind",
     "LayerPairingError",
     "ModelMismatchError",
     "ModelPackage",

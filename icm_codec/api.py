@@ -15,7 +15,7 @@ edge replication to a multiple of 64 and cropped back after decoding.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,16 +23,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .bitstream import Layer, LayerHeader, LayerKind, layer_digest, pack_layer, unpack_layer
+from .bitstream import (
+    Layer,
+    LayerHeader,
+    LayerKind,
+    ParsedLayer,
+    pack_layer,
+    parse_layer,
+    read_header,
+)
 from .errors import LayerPairingError, ModelMismatchError
+from .models import base_reference
 from .package import ModelPackage, load_package
-from .tiling import run_tiled
+from .tiling import Tiling
 
 __all__ = ["PAD_LOG2", "LayerCodecRunner", "ScalableCodec", "frame_to_tensor", "tensor_to_frame"]
 
 PAD_LOG2 = 6  # total stride of y (16) times that of z (4)
-_KIND_OF = {"base": LayerKind.BASE, "enhancement": LayerKind.ENHANCEMENT,
-            "residual": LayerKind.RESIDUAL, "single": LayerKind.SINGLE}
+LayerInput = bytes | ParsedLayer  # a layer's bytes, or the object its one parse made
 
 
 def frame_to_tensor(frame: np.ndarray | object) -> Tensor:
@@ -66,10 +74,12 @@ def _pad(x: Tensor) -> Tensor:
 
 @dataclass
 class LayerCodecRunner:
-    """One loaded package plus the code that turns its model into layers and back."""
+    """One loaded package: its model's coding path (``compress`` / ``synthesize``, tiled by
+    ``tiling``) wrapped in layers, and the checks that a layer is this model's."""
 
     package: ModelPackage
     device: torch.device
+    tiling: Tiling = field(default_factory=Tiling)
 
     @property
     def model(self):
@@ -77,14 +87,13 @@ class LayerCodecRunner:
 
     @property
     def kind(self) -> LayerKind:
-        return _KIND_OF[self.package.config.kind]
+        return self.package.config.layer_kind
 
     def encode(self, x_pad: Tensor, size: tuple[int, int], *, parent: bytes = b"",
                reference: Tensor | None = None, frame_id: int = 0) -> tuple[bytes, Tensor]:
         """Padded frame -> (layer bytes, ŷ)."""
         cfg = self.package.config
-        y = run_tiled(self.model.g_a, self.model.analysis_input(x_pad, reference), scale=1 / 16)
-        strings, y_hat = self.model.coder.compress(y)
+        strings, y_hat = self.model.compress(x_pad, reference, tiling=self.tiling)
         header = LayerHeader(
             kind=self.kind, model_id=cfg.model_id, model_digest=self._digest16(),
             width=size[1], height=size[0], pad_log2=PAD_LOG2, n_slices=cfg.coded_slices,
@@ -95,14 +104,15 @@ class LayerCodecRunner:
     def _digest16(self) -> bytes:
         return self.package.digest_bytes[:16]
 
-    def parse(self, data: bytes) -> Layer:
-        """Unpack and check that this model made the layer."""
-        layer = unpack_layer(data)
+    def parse(self, data: LayerInput) -> ParsedLayer:
+        """Parse (bytes; a :class:`ParsedLayer` is not parsed again) and check that this
+        model made the layer."""
+        layer = parse_layer(data)
         h = layer.header
         cfg = self.package.config
         if h.kind != self.kind:
-            raise ModelMismatchError(f"layer is a {h.kind.name.lower()} layer, model "
-                                     f"{cfg.model_id!r} decodes {self.kind.name.lower()} layers")
+            raise ModelMismatchError(f"layer is a {h.kind.label} layer, model "
+                                     f"{cfg.model_id!r} decodes {self.kind.label} layers")
         if h.model_digest != self._digest16():
             raise ModelMismatchError(
                 f"layer was coded by model {h.model_id!r} ({h.model_digest.hex()[:12]}), not by "
@@ -120,21 +130,22 @@ class LayerCodecRunner:
                                             self.device)
 
     def synthesize(self, y_hat: Tensor, reference: Tensor | None = None) -> Tensor:
-        model = self.model
-        latent = model.synthesis_latent(y_hat, reference)
-        return model.synthesis_output(run_tiled(model.g_s, latent, scale=16), reference)
+        return self.model.synthesize(y_hat, reference, tiling=self.tiling)
 
 
 class ScalableCodec:
     """Base (machine) codec with an optional enhancement (or residual) codec on top of it."""
 
     def __init__(self, base: ModelPackage, enhancement: ModelPackage | None = None,
-                 device: str | torch.device = "cpu") -> None:
+                 device: str | torch.device = "cpu", *, tiling: Tiling | None = None) -> None:
+        """``tiling``: how frames run through the transforms (default: whole up to
+        2560 x 1600 pixels, tiles beyond); decoding the latents is exact either way."""
         self.device = torch.device(device)
-        if base.config.kind not in ("base", "single"):
+        self.tiling = tiling if tiling is not None else Tiling()
+        if base.config.needs_base:
             raise ValueError(f"first package must be a base (or single) codec, "
                              f"got {base.config.kind!r}")
-        self.base = LayerCodecRunner(base, self.device)
+        self.base = LayerCodecRunner(base, self.device, self.tiling)
         self.enhancement = None
         if enhancement is not None:
             if not enhancement.config.needs_base:
@@ -144,7 +155,7 @@ class ScalableCodec:
                     f"enhancement model {enhancement.config.model_id!r} was trained on another "
                     f"base model ({enhancement.config.base_digest[:12]}), not "
                     f"{base.config.model_id!r} ({base.digest[:12]})")
-            self.enhancement = LayerCodecRunner(enhancement, self.device)
+            self.enhancement = LayerCodecRunner(enhancement, self.device, self.tiling)
 
     @classmethod
     def load(cls, base_path: str | Path, enhancement_path: str | Path | None = None,
@@ -161,17 +172,16 @@ class ScalableCodec:
         return data
 
     @torch.no_grad()
-    def encode_enhancement(self, frame: np.ndarray | object, base_layer: bytes) -> bytes:
+    def encode_enhancement(self, frame: np.ndarray | object, base_layer: LayerInput) -> bytes:
         """Enhancement layer of ``frame``, bound to the exact ``base_layer`` bytes."""
         enh = self._need_enhancement()
         base = self.base.parse(base_layer)
         x = frame_to_tensor(frame).to(self.device)
         if (base.header.height, base.header.width) != tuple(x.shape[-2:]):
             raise LayerPairingError("frame size differs from the base layer's frame size")
-        reference = None
-        if enh.model.kind == "residual":
-            reference = self._machine_padded(base)
-        data, _ = enh.encode(_pad(x), tuple(x.shape[-2:]), parent=layer_digest(base_layer),
+        # the enhancement's analysis sees the frame alone: the base ŷ only joins at synthesis
+        reference = self._reference(enh, base) if enh.model.analysis_uses_reference else None
+        data, _ = enh.encode(_pad(x), tuple(x.shape[-2:]), parent=base.digest,
                              reference=reference, frame_id=base.header.frame_id)
         return data
 
@@ -181,19 +191,20 @@ class ScalableCodec:
             raise ValueError("no enhancement model loaded")
         return self.enhancement
 
-    def _machine_padded(self, base: Layer) -> Tensor:
-        return self.base.synthesize(self.base.decode_latents([base]))
+    def _reference(self, enh: LayerCodecRunner, base: Layer) -> Tensor | None:
+        """What ``enh`` needs from ``base`` (models.base_reference), from its exact ŷ."""
+        return base_reference(enh.kind, self.base.decode_latents([base]), self.base.synthesize)
 
     @staticmethod
     def _crop(x: Tensor, header: LayerHeader) -> np.ndarray:
         return tensor_to_frame(x[..., : header.height, : header.width])
 
     @torch.no_grad()
-    def decode_machine(self, base_layer: bytes) -> np.ndarray:
+    def decode_machine(self, base_layer: LayerInput) -> np.ndarray:
         return self.decode_machine_batch([base_layer])[0]
 
     @torch.no_grad()
-    def decode_machine_batch(self, base_layers: Sequence[bytes]) -> list[np.ndarray]:
+    def decode_machine_batch(self, base_layers: Sequence[LayerInput]) -> list[np.ndarray]:
         """Decode many base layers; frames of one size share one batch (GPU throughput)."""
         layers = [self.base.parse(b) for b in base_layers]
         out: list[np.ndarray | None] = [None] * len(layers)
@@ -216,24 +227,26 @@ class ScalableCodec:
         return out  # type: ignore[return-value]
 
     @torch.no_grad()
-    def decode_human(self, base_layer: bytes, enhancement_layer: bytes) -> np.ndarray:
+    def decode_human(self, base_layer: LayerInput, enhancement_layer: LayerInput
+                     ) -> np.ndarray:
         enh = self._need_enhancement()
         base = self.base.parse(base_layer)
         layer = enh.parse(enhancement_layer)
-        if layer.header.parent != layer_digest(base_layer):
+        if layer.header.parent != base.digest:
             raise LayerPairingError(
                 "enhancement layer belongs to another base layer "
                 f"({layer.header.parent.hex()[:12]}), not this one "
-                f"({layer_digest(base_layer).hex()[:12]})")
+                f"({base.digest.hex()[:12]})")
         if (layer.header.width, layer.header.height) != (base.header.width, base.header.height):
             raise LayerPairingError("enhancement and base layers have different frame sizes")
-        y_base = self.base.decode_latents([base])
-        y_enh = enh.decode_latents([layer])
-        reference = self.base.synthesize(y_base) if enh.model.kind == "residual" else y_base
-        x = enh.synthesize(y_enh, reference)
+        reference = self._reference(enh, base)
+        x = enh.synthesize(enh.decode_latents([layer]), reference)
         return self._crop(x, base.header)
 
-    def layer_bpp(self, data: bytes) -> float:
+    def layer_bpp(self, data: LayerInput) -> float:
         """Bits per pixel of a layer, from its real size (container overhead included)."""
-        h = unpack_layer(data).header
-        return 8.0 * len(data) / (h.width * h.height)
+        if isinstance(data, ParsedLayer):
+            h, n = data.header, len(data.data)
+        else:
+            h, n = read_header(data), len(data)
+        return 8.0 * n / (h.width * h.height)

@@ -11,7 +11,7 @@ Byte layout, limits and version policy: ``docs/bitstream.md``.
 from __future__ import annotations
 
 import dataclasses
-import enum
+import functools
 import hashlib
 import struct
 import zlib
@@ -23,6 +23,7 @@ from .errors import (
     TruncatedStreamError,
     UnsupportedVersionError,
 )
+from .kinds import LayerKind
 
 __all__ = [
     "DEFAULT_MAX_LAYER_BYTES",
@@ -35,8 +36,10 @@ __all__ = [
     "Layer",
     "LayerHeader",
     "LayerKind",
+    "ParsedLayer",
     "layer_digest",
     "pack_layer",
+    "parse_layer",
     "read_header",
     "unpack_layer",
 ]
@@ -64,20 +67,6 @@ MAX_HEADER_BYTES = 0xFFFF
 _U32_MAX = 0xFFFFFFFF
 _U64_MAX = 0xFFFFFFFFFFFFFFFF
 _ZERO_DIGEST = bytes(DIGEST_BYTES)
-
-
-class LayerKind(enum.IntEnum):
-    """What a layer codes, and therefore whether it needs a base layer to decode."""
-
-    BASE = 0  # machine layer (SA-ICM base codec), decodable alone
-    ENHANCEMENT = 1  # feature-fusion enhancement layer; needs its base layer
-    RESIDUAL = 2  # difference-compression baseline: codes x - x_machine; needs its base layer
-    SINGLE = 3  # single-layer codec straight to a human image
-
-    @property
-    def needs_parent(self) -> bool:
-        """True for kinds that refine a base layer (and so name it in ``parent``)."""
-        return self in (LayerKind.ENHANCEMENT, LayerKind.RESIDUAL)
 
 
 def _as_bytes(value: object, name: str) -> bytes:
@@ -149,10 +138,10 @@ class LayerHeader:
             raise HeaderError(f"header would be {size} bytes (at most {MAX_HEADER_BYTES})")
         has_parent = self.parent != _ZERO_DIGEST
         if self.kind.needs_parent and not has_parent:
-            raise HeaderError(f"a {self.kind.name.lower()} layer needs a parent base-layer "
+            raise HeaderError(f"a {self.kind.label} layer needs a parent base-layer "
                               "digest, but parent is all zero")
         if not self.kind.needs_parent and has_parent:
-            raise HeaderError(f"a {self.kind.name.lower()} layer has no parent, but parent "
+            raise HeaderError(f"a {self.kind.label} layer has no parent, but parent "
                               "is not all zero")
 
     @property
@@ -194,6 +183,27 @@ class Layer:
         object.__setattr__(self, "substreams", subs)
 
 
+@dataclasses.dataclass(frozen=True)
+class ParsedLayer(Layer):
+    """A received layer after its one parse (:func:`parse_layer`): the exact bytes ``data``,
+    with the header and substreams they hold, checksum and header checks passed.
+
+    Receivers parse once, where a layer arrives, and hand this object on, so nothing after
+    them parses or checksums the same bytes again. Only :func:`parse_layer` makes one.
+    """
+
+    data: bytes
+
+    @functools.cached_property
+    def digest(self) -> bytes:
+        """``layer_digest(data)``: what an enhancement layer refining it stores as parent."""
+        return layer_digest(self.data)
+
+    @property
+    def layer(self) -> Layer:
+        return Layer(self.header, self.substreams)
+
+
 def layer_digest(data: bytes) -> bytes:
     """Identity of a layer's exact bytes; an enhancement layer names its base layer by it."""
     return hashlib.sha256(data).digest()[:DIGEST_BYTES]
@@ -228,6 +238,16 @@ def unpack_layer(data: bytes, *, max_bytes: int = DEFAULT_MAX_LAYER_BYTES,
     """Parse and fully validate one layer; raises a BitstreamError subclass on any defect."""
     header, buf, spans = _parse(data, max_bytes, max_pixels)
     return Layer(header, tuple(buf[a:b] for a, b in spans))
+
+
+def parse_layer(data: bytes | ParsedLayer, *, max_bytes: int = DEFAULT_MAX_LAYER_BYTES,
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> ParsedLayer:
+    """Like :func:`unpack_layer`, keeping the bytes; a :class:`ParsedLayer` passes through
+    (already checked: no second parse)."""
+    if isinstance(data, ParsedLayer):
+        return data
+    header, buf, spans = _parse(data, max_bytes, max_pixels)
+    return ParsedLayer(header, tuple(buf[a:b] for a, b in spans), buf)
 
 
 def read_header(data: bytes, *, max_bytes: int = DEFAULT_MAX_LAYER_BYTES,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .commands import CommandTable, HelpParser, run_command
 from .configflags import add_config_flags, config_from_args
+from .kinds import LayerKind
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -147,7 +148,7 @@ def _info(args: argparse.Namespace) -> int:
         h = lay.header
         px = h.width * h.height
         total += len(raw)
-        print(f"layer {i + 1}: {h.kind.name.lower()}")
+        print(f"layer {i + 1}: {h.kind.label}")
         print(f"  model        {h.model_id} (digest {h.model_digest.hex()})")
         print(f"  frame        {h.width}x{h.height} (padded to {h.padded_width}x"
               f"{h.padded_height}), frame id {h.frame_id}")
@@ -167,8 +168,8 @@ def _model_configure(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="action", required=True)
     init = sub.add_parser("init", help="write a seeded, untrained package (for tests and trials)")
     init.add_argument("-o", "--output", required=True)
-    init.add_argument("--kind", default="base", choices=["base", "enhancement", "residual",
-                                                         "single"])
+    init.add_argument("--kind", default="base", choices=LayerKind.choices(),
+                      help="dc = residual")
     init.add_argument("--arch", default="lite", choices=["lite", "tcm"])
     init.add_argument("--N", type=int, default=None, help="transform width")
     init.add_argument("--m", type=int, default=4, help="enhancement slices (1..5)")
@@ -192,13 +193,14 @@ def _model(args: argparse.Namespace) -> int:
     from .models import create_model
     from .package import load_package, save_package
 
+    kind = LayerKind.parse(args.kind)
     base_digest = ""
-    if args.kind in ("enhancement", "residual"):
+    if kind.needs_parent:
         if not args.base:
-            raise ValueError(f"a {args.kind} model needs --base PATH")
+            raise ValueError(f"a {kind.label} model needs --base PATH")
         base_digest = load_package(args.base).digest
     kw = {"N": args.N} if args.N else {}
-    cfg = CodecConfig(kind=args.kind, arch=args.arch, m=args.m, model_id=args.model_id,
+    cfg = CodecConfig(kind=kind.label, arch=args.arch, m=args.m, model_id=args.model_id,
                       base_digest=base_digest, meta={"trained": False, "seed": args.seed}, **kw)
     torch.manual_seed(args.seed)
     model = create_model(cfg)
@@ -213,8 +215,8 @@ def _model(args: argparse.Namespace) -> int:
 def _train_configure(p: argparse.ArgumentParser) -> None:
     from .train.config import TrainConfig
 
-    p.add_argument("kind", choices=["base", "enhancement", "dc", "single"],
-                   help="dc = difference-compression (residual) baseline")
+    p.add_argument("kind", choices=LayerKind.choices(),
+                   help="dc = residual, the difference-compression baseline")
     p.add_argument("--out", help="run directory (default runs/<kind>-l<lambda>)")
     # every other TrainConfig field is a flag declared with the field (icm_codec/train/config.py)
     add_config_flags(p, TrainConfig)
@@ -230,7 +232,7 @@ def _train(args: argparse.Namespace) -> int:
     from .train.trainer import TrainConfig, train
 
     cfg = config_from_args(
-        TrainConfig, args, kind="residual" if args.kind == "dc" else args.kind,
+        TrainConfig, args, kind=LayerKind.parse(args.kind).label,
         out=args.out or f"runs/{args.kind}-l{args.lmbda:g}",
         extra={"plan_job": args.plan_job} if args.plan_job else {})
     path = train(cfg)

@@ -7,9 +7,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from .kinds import LayerKind
+
 __all__ = ["ARCHS", "KINDS", "CodecConfig"]
 
-KINDS = ("base", "enhancement", "residual", "single")
+KINDS = tuple(k.label for k in LayerKind)
 ARCHS = ("lite", "tcm")
 
 
@@ -45,8 +47,7 @@ class CodecConfig:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"unknown codec kind {self.kind!r}; expected one of {KINDS}")
+        self.kind = LayerKind.parse(self.kind).label  # the label, never an alias or enum
         if self.arch not in ARCHS:
             raise ValueError(f"unknown arch {self.arch!r}; expected one of {ARCHS}")
         if self.n_slices < 1 or self.M % self.n_slices:
@@ -60,17 +61,21 @@ class CodecConfig:
             raise ValueError("model_id must be printable ASCII of at most 64 characters")
 
     @property
+    def layer_kind(self) -> LayerKind:
+        return LayerKind.parse(self.kind)
+
+    @property
     def slice_channels(self) -> int:
         return self.M // self.n_slices
 
     @property
     def coded_slices(self) -> int:
         """Slices this codec's own layer carries."""
-        return self.m if self.kind == "enhancement" else self.n_slices
+        return self.m if self.layer_kind is LayerKind.ENHANCEMENT else self.n_slices
 
     @property
     def needs_base(self) -> bool:
-        return self.kind in ("enhancement", "residual")
+        return self.layer_kind.needs_parent
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)

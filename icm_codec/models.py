@@ -14,15 +14,40 @@ layer is trained on a frozen base with L = R(ya) + R(za) + λ·mse(x, x̂_human)
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import CodecConfig
+from .kinds import LayerKind
 from .latent import ChannelConditionalCoder
+from .tiling import Tiling
 from .transforms import analysis, synthesis
 
-__all__ = ["LayerCodec", "create_model"]
+__all__ = ["LayerCodec", "base_reference", "create_model"]
+
+
+def base_reference(kind: LayerKind | str, y_base: Tensor,
+                   machine_image: Callable[[Tensor], Tensor]) -> Tensor | None:
+    """What a layer of ``kind`` needs from its base layer, given the base layer's ŷ: ŷ itself
+    (enhancement: fused into its own latent), the machine image ``machine_image(ŷ)``
+    (residual: the layer codes the difference), nothing (base, single).
+
+    The one rule for the encoder, the decoder and training; the caller says how ŷ and the
+    image are computed (the exact integer decoder or the differentiable coder, tiled or not).
+    """
+    kind = LayerKind.parse(kind)
+    if kind is LayerKind.ENHANCEMENT:
+        return y_base
+    if kind is LayerKind.RESIDUAL:
+        return machine_image(y_base)
+    return None
+
+
+def _run(module: nn.Module, x: Tensor, scale: float, tiling: Tiling | None) -> Tensor:
+    return module(x) if tiling is None else tiling.run(module, x, scale)
 
 
 class LayerCodec(nn.Module):
@@ -41,40 +66,46 @@ class LayerCodec(nn.Module):
             coded, config.coded_slices, config.hyper_channels, config.feature_channels,
             config.context_channels,
         )
-        synth_in = config.M if config.kind == "enhancement" else coded
+        synth_in = config.M if config.layer_kind is LayerKind.ENHANCEMENT else coded
         self.g_s = synthesis(config.arch, config.N, synth_in)
 
     @property
-    def kind(self) -> str:
-        return self.config.kind
+    def kind(self) -> LayerKind:
+        return self.config.layer_kind
+
+    @property
+    def analysis_uses_reference(self) -> bool:
+        """Whether g_a sees the base layer's output (residual), not the frame alone."""
+        return self.kind is LayerKind.RESIDUAL
 
     # -- the dataflow shared by training and coding ------------------------------------------
     def analysis_input(self, x: Tensor, reference: Tensor | None) -> Tensor:
-        if self.kind == "residual":
+        if self.analysis_uses_reference:
             return x - self._need(reference)
         return x
 
     def synthesis_latent(self, y_hat: Tensor, reference: Tensor | None = None) -> Tensor:
         """What g_s sees: ŷf_k = ŷ_k + ŷa_k for k <= m (enhancement), else the layer's own ŷ."""
-        if self.kind == "enhancement":
+        if self.kind is LayerKind.ENHANCEMENT:
             base = self._need(reference)
             return base + F.pad(y_hat, (0, 0, 0, 0, 0, base.shape[1] - y_hat.shape[1]))
         return y_hat
 
     def synthesis_output(self, out: Tensor, reference: Tensor | None = None) -> Tensor:
         """g_s output -> image: the residual codec adds the machine image back."""
-        if self.kind == "residual":
+        if self.kind is LayerKind.RESIDUAL:
             return self._need(reference) + out
         return out
 
-    def synthesize(self, y_hat: Tensor, reference: Tensor | None = None) -> Tensor:
-        """Latent -> image (unclamped)."""
+    def synthesize(self, y_hat: Tensor, reference: Tensor | None = None, *,
+                   tiling: Tiling | None = None) -> Tensor:
+        """Latent -> image (unclamped); g_s in tiles when ``tiling`` says so (coding path)."""
         latent = self.synthesis_latent(y_hat, reference)
-        return self.synthesis_output(self.g_s(latent), reference)
+        return self.synthesis_output(_run(self.g_s, latent, 16, tiling), reference)
 
     def _need(self, reference: Tensor | None) -> Tensor:
         if reference is None:
-            raise ValueError(f"a {self.kind} layer needs its base layer's output")
+            raise ValueError(f"a {self.kind.label} layer needs its base layer's output")
         return reference
 
     # -- training ----------------------------------------------------------------------------
@@ -94,9 +125,11 @@ class LayerCodec(nn.Module):
 
     # -- coding ------------------------------------------------------------------------------
     @torch.no_grad()
-    def compress(self, x: Tensor, reference: Tensor | None = None) -> tuple[list[bytes], Tensor]:
-        """Padded frame (1, 3, H, W) in [0, 1] -> substreams and the decoded latent ŷ."""
-        y = self.g_a(self.analysis_input(x, reference))
+    def compress(self, x: Tensor, reference: Tensor | None = None, *,
+                 tiling: Tiling | None = None) -> tuple[list[bytes], Tensor]:
+        """Padded frame (1, 3, H, W) in [0, 1] -> substreams and the decoded latent ŷ; g_a in
+        tiles when ``tiling`` says so."""
+        y = _run(self.g_a, self.analysis_input(x, reference), 1 / 16, tiling)
         return self.coder.compress(y)
 
     @torch.no_grad()

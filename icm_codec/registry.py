@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ModelPackageError
+from .kinds import LayerKind
 
 __all__ = ["PackageInfo", "default_package", "find_package", "list_packages", "search_dirs"]
 
@@ -27,7 +28,7 @@ class PackageInfo:
     path: Path
     model_id: str
     digest: str
-    kind: str
+    kind: str  # a LayerKind label
 
 
 def search_dirs() -> list[Path]:
@@ -41,7 +42,7 @@ def _info(path: Path) -> PackageInfo | None:
             manifest = json.loads(zf.read("manifest.json"))
             config = json.loads(zf.read("config.json"))
         return PackageInfo(path, str(manifest["model_id"]), str(manifest["digest"]),
-                           str(config["kind"]))
+                           LayerKind.parse(str(config["kind"])).label)
     except (OSError, KeyError, ValueError, zipfile.BadZipFile):
         return None
 
@@ -57,23 +58,25 @@ def list_packages(dirs: list[Path] | None = None) -> list[PackageInfo]:
     return out
 
 
-def find_package(name: str | os.PathLike[str], kind: str | None = None) -> Path:
+def find_package(name: str | os.PathLike[str], kind: LayerKind | str | None = None) -> Path:
     """A file path, a model id or a digest (prefix of at least 8 hex digits) -> package path."""
     p = Path(name)
     if p.is_file():
         return p
     s = str(name)
+    want = None if kind is None else LayerKind.parse(kind).label
     for info in list_packages():
         named = info.model_id == s or (len(s) >= 8 and info.digest.startswith(s.lower()))
-        if named and (kind is None or info.kind == kind):
+        if named and (want is None or info.kind == want):
             return info.path
     raise ModelPackageError(
         f"no model package {s!r} found (searched: {', '.join(map(str, search_dirs()))}); "
         "pass a .icmpkg path, set ICM_MODEL_PATH, or train one with `icm train`")
 
 
-def default_package(kind: str) -> Path:
+def default_package(kind: LayerKind | str) -> Path:
     """The package ``weights/index.json`` names as default for ``kind``."""
+    kind = LayerKind.parse(kind).label
     index = SHIPPED_DIR / "index.json"
     try:
         name = json.loads(index.read_text())["defaults"][kind]

@@ -7,10 +7,12 @@ reproduce the whole-frame result up to float rounding. Frames up to ``max_pixels
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
-__all__ = ["DEFAULT_MAX_PIXELS", "run_tiled"]
+__all__ = ["DEFAULT_MAX_PIXELS", "Tiling", "run_tiled"]
 
 DEFAULT_MAX_PIXELS = 2560 * 1600  # image pixels handled in one piece
 
@@ -45,3 +47,18 @@ def run_tiled(module: nn.Module, x: Tensor, scale: float, *, tile: int = 64, hal
                 ..., (r0 - a0) * s : (r1 - a0) * s, (c0 - b0) * s : (c1 - b0) * s]
     assert out is not None
     return out
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """The tiling option of a model's coding path (``LayerCodec.compress`` / ``synthesize``):
+    whole frames up to ``max_pixels`` image pixels, tiles of ``tile`` latent positions (with a
+    ``halo`` of context) beyond."""
+
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    tile: int = 64
+    halo: int = 4
+
+    def run(self, module: nn.Module, x: Tensor, scale: float) -> Tensor:
+        return run_tiled(module, x, scale, tile=self.tile, halo=self.halo,
+                         max_pixels=self.max_pixels)

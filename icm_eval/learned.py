@@ -117,13 +117,13 @@ def load_layered(paths: Sequence[str | Path], bases: Sequence[Learned],
 
 def installed_enhancements(bases: Sequence[str | Path]) -> list[Path]:
     """Installed enhancement / residual packages whose base layer is among ``bases``."""
-    from icm_codec import load_package
+    from icm_codec import LayerKind, load_package
     from icm_codec.registry import list_packages
 
     digests = {load_package(b).digest for b in bases}
     out = []
     for info in list_packages():
-        if info.kind in ("enhancement", "residual"):
+        if LayerKind.parse(info.kind).needs_parent:
             cfg = load_package(info.path).config
             if cfg.base_digest in digests:
                 out.append(info.path)

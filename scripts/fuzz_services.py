@@ -127,9 +127,10 @@ def fuzz_layers(n: int, seed: int = 0, hang_s: float = 30.0) -> dict:
             data, base = bytes(raw), None
         try:
             if base is None:
-                header = dec.check(data)
-                img = dec.decode([data])[0].image
-                ok = img.shape == (header.height, header.width, 3) and img.dtype == np.uint8
+                parsed = dec.check(data)
+                img = dec.decode([parsed])[0].image
+                h = parsed.header
+                ok = img.shape == (h.height, h.width, 3) and img.dtype == np.uint8
             else:
                 img = dec.decode_human(base, data)
                 ok = img.shape == frames[k].shape

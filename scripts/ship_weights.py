@@ -13,7 +13,7 @@ import json
 import shutil
 from pathlib import Path
 
-from icm_codec import load_package
+from icm_codec import LayerKind, load_package
 
 WEIGHTS = Path(__file__).resolve().parent.parent / "icm_codec" / "weights"
 
@@ -52,8 +52,7 @@ def main() -> None:
                      init.get("model_id") or "-", m.get("steps"), m.get("wall_s"),
                      m.get("device"), f"{dst.stat().st_size / 1e6:.2f}", pkg.digest[:16],
                      ", ".join(Path(d).name for d in m.get("data", []))))
-    order = {"base": 0, "enhancement": 1, "residual": 2, "single": 3}
-    rows.sort(key=lambda r: (order.get(r[1], 9), float(r[5] or 0), str(r[0])))
+    rows.sort(key=lambda r: (LayerKind.parse(r[1]).value, float(r[5] or 0), str(r[0])))
     ids = {r[0] for r in rows}
     defaults = {"base": args.default_base}
     if args.default_enhancement:

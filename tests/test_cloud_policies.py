@@ -14,6 +14,7 @@ from cloud_decoder import CloudConfig, CloudServer
 from cloud_decoder.analyst import detection_message
 from cloud_decoder.server import InsecureConfigError, is_loopback
 from cloud_decoder.storage import (
+    DetectorRun,
     FrameQuery,
     FrameRow,
     RetentionPolicy,
@@ -79,7 +80,7 @@ def _row(cam: str, fid: int, capture_us: int, nbytes: int, cls: str = "") -> Fra
     dets = [Detection(0, cls, 0.9, (0.0, 0.0, 1.0, 1.0), model="yolo11n")] if cls else []
     return FrameRow(cam, fid, capture_us, capture_us, capture_us, 8, 8, nbytes, 0.1, dets,
                     b"x" * nbytes, "e", fid, base_model_id="base-x", base_digest="ab" * 16,
-                    analysed_by=[{"model": "yolo11n", "weights": "yolo11n", "adapted": False}])
+                    analysed_by=[DetectorRun("yolo11n", "yolo11n")])
 
 
 # the detections column keeps the JSON shape every release has written

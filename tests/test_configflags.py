@@ -174,7 +174,7 @@ def test_help_lists_every_config_field(which, capsys, monkeypatch) -> None:
         assert generated - set(env_names(cls, prefix)) <= {"adapted_dirs"}  # $ICM_ADAPTED_PATH
     else:
         assert env_names(cls, prefix) == {}
-        assert "{base,enhancement,dc,single}" in text
+        assert "{base,enhancement,residual,single,dc}" in text  # LayerKind.choices()
 
 
 def test_the_documented_variables_are_kept(monkeypatch) -> None:

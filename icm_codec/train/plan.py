@@ -21,6 +21,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from ..kinds import LayerKind
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
@@ -109,8 +111,10 @@ def load_plan(path: str | Path = DEFAULT_PLAN, device: str = "cpu",
         if jid in jobs:
             raise ValueError(f"{path}: job {jid!r} appears twice")
         kind = entry.pop("kind", None)
-        if kind not in ("base", "enhancement", "dc", "single"):
-            raise ValueError(f"{path}: job {jid!r} has kind {kind!r}")
+        try:
+            layer_kind = LayerKind.parse(kind)
+        except ValueError as e:
+            raise ValueError(f"{path}: job {jid!r}: {e}") from None
         job = Job(jid, kind, {}, list(entry.pop("data", data)), entry.pop("init", None),
                   entry.pop("base", None), bool(entry.pop("ship", True)))
         settings = {**defaults, **entry, **profile}
@@ -119,7 +123,7 @@ def load_plan(path: str | Path = DEFAULT_PLAN, device: str = "cpu",
             raise ValueError(f"{path}: job {jid!r} has unknown keys {sorted(unknown)}")
         if "lambda" not in settings or "steps" not in settings:
             raise ValueError(f"{path}: job {jid!r} needs lambda and steps")
-        if kind in ("enhancement", "dc") and not job.base:
+        if layer_kind.needs_parent and not job.base:
             raise ValueError(f"{path}: {kind} job {jid!r} needs a base job")
         settings["steps"] = max(1, round(int(settings["steps"]) * scale))
         for key in ("warmup", "decay", "val_every"):  # a scaled run keeps its shape
@@ -312,7 +316,7 @@ def _counterpart(job: Job, shipped: Path) -> tuple[Path, Path | None] | None:
     """The shipped package this job would replace (same kind, λ and m) and its base."""
     from ..registry import list_packages
 
-    kind = "residual" if job.kind == "dc" else job.kind
+    kind = LayerKind.parse(job.kind).label
     infos = list_packages([shipped])
     by_digest = {i.digest: i.path for i in infos}
     for info in infos:
@@ -326,8 +330,8 @@ def _counterpart(job: Job, shipped: Path) -> tuple[Path, Path | None] | None:
             config = json.loads(zf.read("config.json"))
         if kind == "enhancement" and config.get("m") != job.settings.get("m", 4):
             continue
-        base = by_digest.get(config.get("base_digest", "")) if kind in ("enhancement",
-                                                                        "residual") else None
+        base = (by_digest.get(config.get("base_digest", ""))
+                if LayerKind.parse(kind).needs_parent else None)
         return info.path, base
     return None
 

@@ -31,8 +31,9 @@ import torch
 from tqdm import tqdm
 
 from ..config import CodecConfig
+from ..kinds import LayerKind
 from ..losses import psnr, rate_distortion_loss
-from ..models import LayerCodec, create_model
+from ..models import LayerCodec, base_reference, create_model
 from ..package import load_package, save_package
 from ..registry import find_package
 from ..training import (
@@ -145,19 +146,20 @@ def _val_tensors(samples: list[Sample], masks: list[np.ndarray], size: int = 256
 
 
 class _Reference:
-    """What a dependent layer needs from the frozen base: ŷ (fusion) or x̂_machine (DC)."""
+    """What a dependent layer needs from the frozen base (``models.base_reference``, the
+    codec's own rule), with ŷ from the base's float training path: ŷ (fusion) or x̂_machine,
+    clamped to [0, 1] (DC; the codec's coding path does not clamp)."""
 
     def __init__(self, base: LayerCodec | None, kind: str) -> None:
         self.base, self.kind = base, kind
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor | None:
-        if self.base is None:
+        base = self.base
+        if base is None:
             return None
-        y_hat = self.base.coder(self.base.g_a(x))["y_hat"]
-        if self.kind == "enhancement":
-            return y_hat
-        return self.base.g_s(y_hat).clamp(0, 1)
+        y_hat = base.coder(base.g_a(x))["y_hat"]
+        return base_reference(self.kind, y_hat, lambda y: base.synthesize(y).clamp(0, 1))
 
 
 @dataclass
@@ -203,7 +205,7 @@ def warm_start(model: LayerCodec, path: str, device: str = "cpu") -> InitRecord:
     with torch.no_grad():
         for k, v in fit.items():
             own[k].copy_(v.to(own[k].dtype))
-        if model.kind == "enhancement":
+        if model.kind is LayerKind.ENHANCEMENT:
             last = [m for m in model.g_a.modules() if isinstance(m, torch.nn.Conv2d)][-1]
             names = {id(p): n for n, p in model.named_parameters()}
             if names[id(last.weight)] not in fit:
@@ -220,7 +222,7 @@ def warm_start(model: LayerCodec, path: str, device: str = "cpu") -> InitRecord:
 def _build(cfg: TrainConfig) -> tuple[LayerCodec, LayerCodec | None]:
     base = None
     digest = ""
-    if cfg.kind in ("enhancement", "residual"):
+    if LayerKind.parse(cfg.kind).needs_parent:
         if not cfg.base:
             raise ValueError(f"training a {cfg.kind} model needs --base PACKAGE")
         pkg = load_package(find_package(cfg.base), cfg.device)
