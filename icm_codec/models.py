@@ -32,8 +32,9 @@ __all__ = ["LayerCodec", "base_reference", "create_model"]
 def base_reference(kind: LayerKind | str, y_base: Tensor,
                    machine_image: Callable[[Tensor], Tensor]) -> Tensor | None:
     """What a layer of ``kind`` needs from its base layer, given the base layer's ŷ: ŷ itself
-    (enhancement: fused into its own latent), the machine image ``machine_image(ŷ)``
-    (residual: the layer codes the difference), nothing (base, single).
+    (enhancement: fused into its own latent), the machine image ``machine_image(ŷ)`` clamped
+    to [0, 1] as every image is (residual: the layer codes the difference), nothing (base,
+    single).
 
     The one rule for the encoder, the decoder and training; the caller says how ŷ and the
     image are computed (the exact integer decoder or the differentiable coder, tiled or not).
@@ -42,7 +43,7 @@ def base_reference(kind: LayerKind | str, y_base: Tensor,
     if kind is LayerKind.ENHANCEMENT:
         return y_base
     if kind is LayerKind.RESIDUAL:
-        return machine_image(y_base)
+        return machine_image(y_base).clamp(0.0, 1.0)
     return None
 
 

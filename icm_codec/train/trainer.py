@@ -147,8 +147,8 @@ def _val_tensors(samples: list[Sample], masks: list[np.ndarray], size: int = 256
 
 class _Reference:
     """What a dependent layer needs from the frozen base (``models.base_reference``, the
-    codec's own rule), with ŷ from the base's float training path: ŷ (fusion) or x̂_machine,
-    clamped to [0, 1] (DC; the codec's coding path does not clamp)."""
+    codec's own rule), with ŷ from the base's float training path: ŷ (fusion) or x̂_machine
+    (DC)."""
 
     def __init__(self, base: LayerCodec | None, kind: str) -> None:
         self.base, self.kind = base, kind
@@ -159,7 +159,7 @@ class _Reference:
         if base is None:
             return None
         y_hat = base.coder(base.g_a(x))["y_hat"]
-        return base_reference(self.kind, y_hat, lambda y: base.synthesize(y).clamp(0, 1))
+        return base_reference(self.kind, y_hat, base.synthesize)
 
 
 @dataclass
