@@ -30,7 +30,7 @@ def _eval_rd_configure(p: argparse.ArgumentParser) -> None:
 
 @command("eval-rd", "rate-distortion evaluation against JPEG, WebP and AVIF", _eval_rd_configure)
 def _eval_rd(args: argparse.Namespace) -> int:
-    from icm_codec.registry import list_packages
+    from icm_codec.registry import find_package, list_packages
 
     from .data import load_images
     from .rd import evaluate, plot, write_report
@@ -38,8 +38,8 @@ def _eval_rd(args: argparse.Namespace) -> int:
     installed = list_packages()
 
     def pick(given: list[str] | None, kind: str) -> list[Path]:
-        if given is not None:
-            return [Path(g) for g in given]
+        if given is not None:  # paths, model ids or digests, like every other command
+            return [find_package(g, kind) for g in given]
         return [i.path for i in installed if i.kind == kind]
 
     images = load_images(args.data, args.limit)

@@ -76,3 +76,24 @@ def test_a_base_layer_is_the_same_bytes_through_both_commands(package_factory, p
     [(n, dec_batch)] = point.run([img])  # what eval-machine measures, a batch at a time
     assert layer == 0 and n == nbytes > 0
     assert np.array_equal(dec, dec_batch)
+
+
+def test_eval_rd_takes_model_ids_and_says_which_is_missing(tmp_path: Path, photos) -> None:
+    """`--base` etc. name packages as every command does (path, model id or digest); an unknown
+    one is a clear error before any image is coded."""
+    import subprocess
+    import sys
+
+    from icm_codec.registry import default_package
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.fromarray(photos[0][:64, :64]).save(folder / "a.png")
+    run = [sys.executable, "-m", "icm_app", "eval-rd", "--data", str(folder), "--no-classical",
+           "--out", str(tmp_path / "rd"), "--enhancement", "--dc", "--single"]
+    bad = subprocess.run([*run, "--base", "no-such-base"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "no model package 'no-such-base'" in bad.stderr
+    base_id = default_package("base").stem
+    ok = subprocess.run([*run, "--base", base_id], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert base_id in (tmp_path / "rd" / "rd.md").read_text()
