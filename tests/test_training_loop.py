@@ -267,6 +267,20 @@ def test_bad_plans_are_refused(tmp_path: Path, text: str, message: str) -> None:
         load_plan(tmp_path / "p.toml")
 
 
+def test_a_job_whose_dependency_is_left_out_is_reported_not_skipped(tmp_path: Path,
+                                                                     capsys) -> None:
+    """`--only` a job whose warm start is unfinished and not in the run: nothing can start,
+    and the runner says why and fails (it used to exit 0 having trained nothing)."""
+    from icm_codec.train.plan import load_plan, run_plan
+
+    (tmp_path / "plan.toml").write_text(
+        '[[job]]\nid = "trunk"\nkind = "single"\nlambda = 0.01\nsteps = 3\n'
+        '[[job]]\nid = "low"\nkind = "single"\nlambda = 0.003\nsteps = 2\ninit = "trunk"\n')
+    plan = load_plan(tmp_path / "plan.toml")
+    assert run_plan(plan, tmp_path / "runs", tmp_path, only=["low"], poll_s=0.01) == 1
+    assert "low not started: it needs trunk finished first" in capsys.readouterr().out
+
+
 @pytest.mark.slow
 def test_plan_runs_resumes_and_continues_a_shipped_run(tmp_path: Path, photos) -> None:
     """Two dependent jobs run as real `icm train` processes; a finished plan starts nothing;

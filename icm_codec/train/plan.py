@@ -300,7 +300,15 @@ def _run_plan(plan: Plan, runs: Path, data_root: Path, device: str, jobs: int,
             time.sleep(poll_s)
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: stop the way a deadline does
             deadline = time.monotonic()
-    return len(failed & {j.id for j in wanted})
+    # jobs left waiting for a job this run does not train (--only without it): say so and
+    # count them as not done, instead of a silent exit 0 that trained nothing
+    waiting = [] if stopping else [j for j in wanted if j.id not in finished | failed]
+    for job in waiting:
+        missing = [n for n in job.needs if n not in finished]
+        print(f"[plan] {job.id} not started: it needs {', '.join(missing)} finished first "
+              f"(run {'them' if len(missing) > 1 else 'it'} too, or leave out --only)",
+              flush=True)
+    return len(failed & {j.id for j in wanted}) + len(waiting)
 
 
 def _launch(cmd: list[str], log: Path, env: dict[str, str] | None, nice: int
