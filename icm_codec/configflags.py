@@ -252,15 +252,12 @@ def add_config_flags(parser: argparse.ArgumentParser | Any, cls: type, *,
                 kw["nargs"] = spec.nargs
             if spec.append:
                 kw["action"] = _Append
-        if default is _MISSING:
-            if env and env in environ:
-                kw["default"] = _env_text(environ[env], env)
-            elif env:
-                kw["default"] = None  # config_from_args asks for the flag or the variable
-            else:
-                kw["required"] = True
-        elif env and env in environ:
+        if env and env in environ:
             kw["default"] = _env_text(environ[env], env)
+        elif default is _MISSING and env:
+            kw["default"] = None  # config_from_args asks for the flag or the variable
+        elif default is _MISSING:
+            kw["required"] = True
         elif spec.show is not None:
             kw["default"] = spec.show(default)  # a string: argparse converts it after parsing
         else:
