@@ -31,11 +31,10 @@ class BuildPyWithStubs(build_py):
 
     def run(self) -> None:
         super().run()
-        stubs = _build_stubs()
-        root = HERE if self.editable_mode else Path(self.build_lib)
-        self._stubs = [str(p) for p in stubs.generate(root)]
-        if self.editable_mode:
-            self._stubs = []  # in the source tree: the editable finder sees them there
+        written = _build_stubs().generate(HERE if self.editable_mode else Path(self.build_lib))
+        # an editable install writes them into the source tree, where its finder sees them:
+        # only a built tree lists them as outputs
+        self._stubs = [] if self.editable_mode else [str(p) for p in written]
 
     def get_outputs(self, include_bytecode: bool = True) -> list[str]:
         outputs = super().get_outputs(include_bytecode)
