@@ -357,3 +357,47 @@ def test_score_package_is_the_training_objective_on_real_bytes(package_factory,
     enh = package_factory("enhancement", m=2, base=package_factory("base", N=128))
     with pytest.raises(ValueError, match="pass its base package"):
         score_package(enh, images)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGINT"])
+def test_a_background_trainer_stopped_by_a_signal_keeps_what_it_learned(
+        tmp_path: Path, photos, stop: str) -> None:
+    """`kill` (SIGTERM) or Ctrl-C sent to a trainer started by a non-interactive shell (which
+    starts it with SIGINT ignored) checkpoints and exports; both signals used to lose every
+    step since the last checkpoint."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from icm_codec import load_package
+
+    data = tmp_path / "pics"
+    data.mkdir()
+    for i, p in enumerate(photos[:2]):
+        Image.fromarray(p[:128, :128]).save(data / f"p{i}.png")
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "icm_codec.cli", "train", "single", "--data", str(data),
+           "--out", str(out), "--lambda", "0.01", "--N", "32", "--crop", "64", "--batch", "1",
+           "--steps", "100000",
+           "--warmup", "1", "--decay", "2", "--val-every", "100000", "--threads", "1",
+           "--checkpoint-minutes", "60"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        deadline = time.monotonic() + 120
+        log = out / "metrics.csv"
+        while not (log.is_file() and len(log.read_text().splitlines()) >= 3):
+            assert proc.poll() is None, proc.communicate()[0].decode()
+            assert time.monotonic() < deadline, "the trainer never logged a step"
+            time.sleep(0.2)
+        proc.send_signal(getattr(signal, stop))
+        text = proc.communicate(timeout=120)[0].decode()
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, text
+    assert "interrupted at step" in text
+    steps = load_package(out / "model.icmpkg").config.meta["steps"]
+    assert steps >= 20
+    assert torch.load(out / "last.pt", weights_only=False)["step"] == steps

@@ -221,16 +221,10 @@ def run_plan(plan: Plan, runs: Path, data_root: Path, *, device: str = "cpu", jo
              max_minutes: float | None = None) -> int:
     """Run the plan's unfinished jobs; see :func:`_run_plan`. SIGTERM stops it the way Ctrl-C
     does: running jobs checkpoint and export before the runner returns."""
-    import signal
-    import threading
+    from .stopping import stop_signals_interrupt
 
-    if threading.current_thread() is not threading.main_thread():
+    with stop_signals_interrupt():
         return _run_plan(plan, runs, data_root, device, jobs, only, nice, poll_s, max_minutes)
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
-        return _run_plan(plan, runs, data_root, device, jobs, only, nice, poll_s, max_minutes)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _run_plan(plan: Plan, runs: Path, data_root: Path, device: str, jobs: int,

@@ -47,6 +47,7 @@ from ..training import (
 from .config import TrainConfig
 from .data import VIDEO_EXTS, Sample, load_dataset
 from .masks import MaskMaker
+from .stopping import stop_signals_interrupt
 
 __all__ = ["TrainConfig", "train"]
 
@@ -264,11 +265,12 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
     """Train (or resume) and export ``<out>/model.icmpkg``; returns its path.
 
     Resumes from ``<out>/last.pt`` when it exists (model, optimizers, EMA, schedule, data
-    RNG); otherwise starts from ``cfg.init`` (if given) or from fresh weights.
+    RNG); otherwise starts from ``cfg.init`` (if given) or from fresh weights. SIGINT and
+    SIGTERM stop it like Ctrl-C: a checkpoint and an export of what was learned.
     """
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    with run_lock(out):
+    with run_lock(out), stop_signals_interrupt():
         return _train(cfg, out, progress)
 
 
