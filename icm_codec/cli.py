@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from .commands import CommandTable, HelpParser, run_command
+from .config import ARCHS
 from .configflags import add_config_flags, config_from_args
 from .kinds import LayerKind
 
@@ -170,7 +171,7 @@ def _model_configure(p: argparse.ArgumentParser) -> None:
     init.add_argument("-o", "--output", required=True)
     init.add_argument("--kind", default="base", choices=LayerKind.choices(),
                       help="dc = residual")
-    init.add_argument("--arch", default="lite", choices=["lite", "tcm"])
+    init.add_argument("--arch", default="lite", choices=list(ARCHS))
     init.add_argument("--N", type=int, default=None, help="transform width")
     init.add_argument("--m", type=int, default=4, help="enhancement slices (1..5)")
     init.add_argument("--base", help="base package an enhancement/residual model refines")

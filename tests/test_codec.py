@@ -90,11 +90,16 @@ def test_baselines_roundtrip(package_factory, kind: str) -> None:
     assert out.shape == frame.shape
 
 
-def test_tcm_roundtrip(package_factory) -> None:
-    codec = ScalableCodec.load(package_factory("base", arch="tcm", N=64))
+@pytest.mark.parametrize("arch", ["gdn", "tcm"])
+def test_other_arch_roundtrip(package_factory, arch: str) -> None:
+    """Every architecture codes through the same path: the machine image decodes exactly as
+    the model computes it, and a human layer of the same arch refines it."""
+    base = package_factory("base", arch=arch, N=64)
+    codec = ScalableCodec.load(base, package_factory("enhancement", base=base, arch=arch, N=64))
     frame = _frame(70, 90)
     data = codec.encode_base(frame)
     np.testing.assert_array_equal(codec.decode_machine(data), _expected_machine(codec, frame))
+    assert codec.decode_human(data, codec.encode_enhancement(frame, data)).shape == frame.shape
 
 
 @pytest.mark.parametrize("size", [(577, 769), (48, 64), (1, 1), (1080, 1920)])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..config import ARCHS
 from ..configflags import flag, not_a_flag
 
 __all__ = ["TrainConfig"]
@@ -33,7 +34,7 @@ class TrainConfig:
     annotations: str | None = flag(None, help="COCO JSON with polygons for object masks")
     base: str | None = flag(None,  # package of the frozen base (enhancement / residual)
                             help="frozen base package (enhancement and dc)")
-    arch: str = flag("lite", choices=["lite", "tcm"], help="transform architecture")
+    arch: str = flag("lite", choices=list(ARCHS), help="transform architecture")
     N: int = flag(128, help="transform width")
     m: int = flag(4, help="enhancement slices")
     model_id: str = flag("", help="default: KIND-ARCH-lLAMBDA")
