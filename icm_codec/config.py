@@ -22,7 +22,8 @@ class CodecConfig:
     Args:
         kind: ``base`` (SA-ICM machine layer), ``enhancement`` (feature-fusion human layer),
             ``residual`` (difference-compression baseline) or ``single`` (one-layer codec).
-        arch: ``lite`` (edge-first CNN), ``gdn`` (the same with GDN / inverse GDN) or ``tcm`` (mixed Swin-transformer/CNN blocks).
+        arch: ``lite`` (edge-first CNN), ``gdn`` (the same with GDN / inverse GDN) or ``tcm``
+            (mixed Swin-transformer/CNN blocks).
         N: transform width.
         M: channels of the base latent ŷ (n_slices x slice width).
         n_slices: slices n of the base latent (the paper: 5 of 64 channels).
