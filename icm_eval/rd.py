@@ -28,8 +28,8 @@ __all__ = ["RDPoint", "bd_rate", "classical_curve", "evaluate", "markdown", "plo
 # BD-rate anchors: every curve against JPEG and WebP (and AVIF); the learned curves also
 # against each other, so the fusion codec is compared with difference compression directly
 CLASSICAL_ANCHORS = ("JPEG", "WebP", "AVIF")
-FUSION, DC = "scalable (fusion)", "DC (difference)"
-LEARNED_ANCHORS = (DC, "single-layer")
+FUSION, DC, SINGLE = "scalable (fusion)", "DC (difference)", "single-layer"
+LEARNED_ANCHORS = (DC, SINGLE)
 
 
 def measure(points: Sequence[RatePoint], images: Sequence[tuple[str, np.ndarray]],
@@ -70,21 +70,46 @@ def classical_curve(name: str, images: Sequence[tuple[str, np.ndarray]],
 def _layered_point(e: Learned, label: str) -> RatePoint:
     return e.point(e.kind, label, {
         "model": str(e.path), "base": str(e.base_path), "kind": e.kind, "lambda": e.lmbda,
-        "base_lambda": package_lambda(e.base),
+        "base_lambda": package_lambda(e.base), "arch": e.package.config.arch,
         "m": e.package.config.m if e.kind == "enhancement" else None,
         "params": sum(t.numel() for t in e.package.model.parameters()),
         "steps": e.package.config.meta.get("steps")})
+
+
+def _families(name: str, points: list[RatePoint], keys: Sequence[str]
+              ) -> dict[str, list[RatePoint]]:
+    """Split one kind's points into curves, one per family: points that differ in any of
+    ``keys`` (arch, base, m) are different codecs, and one curve through them would be a
+    hull of unrelated models. A curve is named by the kind and the keys that vary, so a run
+    of one family keeps the plain name."""
+    varying = [k for k in keys if len({str(p.params.get(k)) for p in points}) > 1]
+    out: dict[str, list[RatePoint]] = {}
+    for p in points:
+        tag = " ".join(_tag(k, p.params.get(k)) for k in varying)
+        out.setdefault(f"{name} {tag}".strip(), []).append(p)
+    return out
+
+
+def _tag(key: str, value) -> str:
+    if key == "arch":
+        return str(value)
+    if key == "base":
+        return f"on {Path(str(value)).stem}"
+    return f"{key}={value}"
 
 
 def evaluate(images: Sequence[tuple[str, np.ndarray]], *, bases: Sequence[Path] = (),
              enhancements: Sequence[Path] = (), residuals: Sequence[Path] = (),
              singles: Sequence[Path] = (), classical: Sequence[str] = ("JPEG", "WebP", "AVIF"),
              progress: bool = True) -> dict:
-    """All curves, BD-rates and the PSNR-by-(λ, m) table as one JSON-able dict."""
+    """All curves, BD-rates and the PSNR-by-(λ, m) table as one JSON-able dict. The learned
+    curves are one per family (:func:`_families`); each learned curve is also compared with
+    the DC and single-layer curves of its own arch."""
     from icm_codec.train.masks import edge_mask
 
     base_runs = load_bases(list(dict.fromkeys(bases)))
     curves: dict[str, list[RDPoint]] = {}
+    arch_of: dict[str, str] = {}  # learned curve -> its arch
     for name in classical:
         curves[name] = classical_curve(name, images, progress)
 
@@ -109,29 +134,33 @@ def evaluate(images: Sequence[tuple[str, np.ndarray]], *, bases: Sequence[Path] 
     marginal: dict[str, list[RDPoint]] = {}
     fusion = [_layered_point(e, f"λ={e.lmbda:g} m={e.package.config.m}")
               for e in load_layered(enhancements, base_runs)]
-    if fusion:
-        marginal[FUSION] = []
-        curves[FUSION] = measure(fusion, images, progress, "fusion", marginal[FUSION])
     dc = [_layered_point(e, f"λ={e.lmbda:g}") for e in load_layered(residuals, base_runs)]
-    if dc:
-        marginal[DC] = []
-        curves[DC] = measure(dc, images, progress, "DC", marginal[DC])
-    single = [s.point("single", f"λ={s.lmbda:g}", {"model": str(s.path), "lambda": s.lmbda})
+    single = [s.point("single", f"λ={s.lmbda:g}", {"model": str(s.path), "lambda": s.lmbda,
+                                                    "arch": s.package.config.arch})
               for s in load_bases(singles)]
-    if single:
-        curves["single-layer"] = measure(single, images, progress, "single")
+    for kind_name, points, keys, layered in (
+            (FUSION, fusion, ("arch", "base", "m"), True),
+            (DC, dc, ("arch", "base"), True),
+            (SINGLE, single, ("arch",), False)):
+        for name, pts in _families(kind_name, points, keys).items():
+            if layered:
+                marginal[name] = []
+            curves[name] = measure(pts, images, progress, name, marginal.get(name))
+            arch_of[name] = pts[0].params["arch"]
     for v in curves.values():
         v.sort(key=lambda x: x.bpp)
 
     bd = {}
     for name, pts in curves.items():
-        anchors = CLASSICAL_ANCHORS if name in CLASSICAL else CLASSICAL_ANCHORS + LEARNED_ANCHORS
-        bd[name] = {anchor: bd_rate(curves[anchor], pts)
-                    for anchor in anchors if anchor in curves and anchor != name}
-    table = [{"lambda": p.extra.get("lambda"), "m": p.extra.get("m"),
+        learned = [c for c in curves if c.startswith(LEARNED_ANCHORS) and name not in CLASSICAL
+                   and arch_of.get(c) == arch_of.get(name)]
+        bd[name] = {anchor: bd_rate(curves[anchor], pts) for anchor in
+                    [a for a in CLASSICAL_ANCHORS if a in curves] + learned if anchor != name}
+    table = [{"lambda": p.extra.get("lambda"), "m": p.extra.get("m"), "arch": p.extra.get("arch"),
               "base_lambda": p.extra.get("base_lambda"), "bpp": p.bpp, "psnr": p.psnr,
               "ms_ssim": p.ms_ssim, "params": p.extra.get("params"),
-              "steps": p.extra.get("steps")} for p in curves.get(FUSION, [])]
+              "steps": p.extra.get("steps")}
+             for name, pts in curves.items() if name.startswith(FUSION) for p in pts]
     # the human view's marginal cost: the layer's own bits against sending the frame again in
     # a classical format (what a deployment could do instead on an analyst's request)
     for pts in marginal.values():
@@ -229,8 +258,9 @@ def markdown(result: dict) -> str:
             out.append(f"| {p['label']} | {_f(p['extra'].get('lambda'), 'g')} | {p['bpp']:.3f} | "
                        f"{p['psnr']:.2f} | {p['extra']['psnr_full']:.2f} |")
     bd = result["bd_rate_percent"]
-    anchors = [a for a in CLASSICAL_ANCHORS + LEARNED_ANCHORS
-               if any(a in row for row in bd.values())]
+    anchors = list(dict.fromkeys(a for a in CLASSICAL_ANCHORS if any(a in r for r in bd.values()))
+                   ) + list(dict.fromkeys(a for r in bd.values() for a in r
+                                          if a not in CLASSICAL_ANCHORS))
     if anchors:
         out += ["", "### BD-rate (%, PSNR; negative = fewer bits than the anchor; '-' = fewer "
                 "than two non-dominated points, or no common PSNR range)\n",
@@ -241,11 +271,12 @@ def markdown(result: dict) -> str:
                        + " |")
     if result["psnr_by_lambda_m"]:
         out += ["", "### Scalable codec: human-image PSNR by enhancement λ and m\n",
-                "| enhancement λ | m | base λ | parameters | steps | total bpp | PSNR dB | "
-                "MS-SSIM |", "|---|---|---|---|---|---|---|---|"]
+                "| arch | enhancement λ | m | base λ | parameters | steps | total bpp | PSNR dB | "
+                "MS-SSIM |", "|---|---|---|---|---|---|---|---|---|"]
         for r in result["psnr_by_lambda_m"]:
             params = f"{r['params'] / 1e6:.2f} M" if r.get("params") else "-"
-            out.append(f"| {_f(r['lambda'], 'g')} | {r['m']} | {_f(r.get('base_lambda'), 'g')} "
+            out.append(f"| {r.get('arch') or '-'} | {_f(r['lambda'], 'g')} | {r['m']} | "
+                       f"{_f(r.get('base_lambda'), 'g')} "
                        f"| {params} | {r.get('steps') or '-'} | {r['bpp']:.3f} | "
                        f"{r['psnr']:.2f} | {_f(r.get('ms_ssim'), '.4f')} |")
     if result.get("marginal"):

@@ -164,6 +164,36 @@ def test_eval_rd_every_kind_and_report(tmp_path: Path, photos) -> None:
     assert (tmp_path / "rd" / "rd.md").read_text() == md
 
 
+def test_eval_rd_draws_one_curve_per_family(tmp_path: Path, photos) -> None:
+    """Packages of different archs or m are different codecs: each family is its own curve
+    (named by what varies), and a learned curve is compared only with its own arch's."""
+    from icm_app.main import main
+    from icm_eval.data import load_images
+    from icm_eval.rd import evaluate
+
+    base = tmp_path / "base.icmpkg"
+    assert main(["model", "init", "-o", str(base), "--N", "32"]) == 0
+    enh = []
+    for m in (1, 2):
+        enh.append(tmp_path / f"enh-m{m}.icmpkg")
+        assert main(["model", "init", "--kind", "enhancement", "--N", "32", "--m", str(m),
+                     "--base", str(base), "-o", str(enh[-1])]) == 0
+    singles = []
+    for arch in ("lite", "gdn"):
+        singles.append(tmp_path / f"single-{arch}.icmpkg")
+        assert main(["model", "init", "--kind", "single", "--arch", arch, "--N", "32",
+                     "-o", str(singles[-1])]) == 0
+    images = load_images(_images(tmp_path / "test", [photos[0][:64, :64]]))
+    result = evaluate(images, bases=[base], enhancements=enh, singles=singles,
+                      classical=("JPEG",), progress=False)
+    assert set(result["curves"]) == {"JPEG", "scalable (fusion) m=1", "scalable (fusion) m=2",
+                                     "single-layer lite", "single-layer gdn"}
+    assert set(result["bd_rate_percent"]["single-layer gdn"]) == {"JPEG"}
+    assert set(result["bd_rate_percent"]["scalable (fusion) m=1"]) == {"JPEG",
+                                                                       "single-layer lite"}
+    assert sorted(r["m"] for r in result["psnr_by_lambda_m"]) == [1, 2]
+
+
 def test_bd_rate_ignores_dominated_points() -> None:
     anchor = _curve([0.25, 0.5, 0.75, 1.0], [28.0, 31.0, 33.0, 34.5])
     half = _curve([0.125, 0.25, 0.375, 0.5], [28.0, 31.0, 33.0, 34.5])
