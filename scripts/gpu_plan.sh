@@ -35,9 +35,13 @@ export YOLO_OFFLINE=1 YOLO_AUTOINSTALL=0
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv \
     | tee -a "$REPORT"
 
-# 1. the plan: every ready job at once; at the deadline running jobs export what they have
+# 1. the plan: every ready job of one family (arch) at once; at the deadline running jobs
+# export what they have. ICM_GPU_ARCH picks the family (the newest, gdn, by default).
+ARCH=${ICM_GPU_ARCH:-gdn}
+read -r -a ONLY <<< "$($PY -c "from icm_codec.train.plan import load_plan
+print(' '.join(j.id for j in load_plan().order() if j.settings.get('arch', 'lite') == '$ARCH'))")"
 $PY -m icm_codec.cli plan run --device "$DEVICE" --jobs 0 --runs "$RUNS" --data-root .gpudata \
-    --nice 0 --max-minutes "$MINUTES" "${SCALE[@]}" 2>&1 | tee -a "$REPORT"
+    --nice 0 --max-minutes "$MINUTES" "${SCALE[@]}" --only "${ONLY[@]}" 2>&1 | tee -a "$REPORT"
 $PY -m icm_codec.cli plan status --device "$DEVICE" --runs "$RUNS" "${SCALE[@]}" 2>&1 \
     | tee -a "$REPORT"
 
@@ -47,7 +51,7 @@ $PY - "$RUNS" "$OUT" <<'PYEOF' 2>&1 | tee -a "$REPORT"
 import sys, tarfile
 from pathlib import Path
 runs, out = Path(sys.argv[1]), Path(sys.argv[2])
-order = ("base-", "enhancement-lite-m4", "single-", "residual-", "enhancement-")
+order = ("base-", "enhancement-", "single-", "residual-")
 pkgs = sorted(runs.glob("*/model.icmpkg"),
               key=lambda p: next(i for i, o in enumerate(order) if p.parent.name.startswith(o)))
 part, size, total, n, sent = None, 0, 0, 0, []
@@ -73,8 +77,8 @@ print(f"{len(sent)} of {len(pkgs)} packages in {n} tar files: {', '.join(sent)}"
 PYEOF
 
 # 3. CUDA exactness (CPU encode, GPU decode alone and batched) and batched decode throughput
-BASE="$RUNS/base-lite-l0.013/model.icmpkg"
-ENH="$RUNS/enhancement-lite-m4-l0.0483/model.icmpkg"
+BASE="$RUNS/base-$ARCH-l0.013/model.icmpkg"
+ENH="$RUNS/enhancement-$ARCH-m4-l0.0483/model.icmpkg"
 if [ "$DEVICE" = cuda ] && [ -f "$BASE" ]; then
     ARGS=(--base "$BASE")
     [ -f "$ENH" ] && ARGS+=(--enhancement "$ENH")
