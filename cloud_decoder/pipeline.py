@@ -191,6 +191,7 @@ class IngestPipeline:
         m = self.metrics
         m.batch_frames.observe(len(items))
         todo: list[IngestItem] = []
+        switched: dict[str, str] = {}   # camera -> the base model its frames now name
         stored = self._store_call(lambda: self._already_stored(items))
         for it in items:
             if (it.session.camera_id, it.session.cloud_id(it.frame.frame_id)) in stored:
@@ -209,6 +210,9 @@ class IngestPipeline:
                          "announced or before: following the frames", it.session.camera_id,
                          it.frame.frame_id, header.model_id or "?",
                          header.model_digest.hex()[:12], announced or "?")
+                switched[it.session.camera_id] = it.session.base_model_id
+        if switched:  # every instance answers ListCameras from the database, not the session
+            self._store_call(lambda: self.store.set_base_models(switched))
         rows = self._analyse(todo)
         new = self._store_call(lambda: self.store.add_frames(rows)) if rows else []
         stored_us = now_us()

@@ -357,6 +357,14 @@ class Store:
                  cam.enhancement_model_id, cam.instance, int(cam.online), cam.last_seen_us,
                  cam.epoch, cam.retained_from))
 
+    def set_base_models(self, models: dict[str, str]) -> None:
+        """The base model each camera's frames are coded with now (camera -> model id: its
+        edge switched), in one transaction."""
+        with self._tx() as cur:
+            for camera_id, model_id in models.items():
+                cur.execute(self._q("UPDATE cameras SET base_model_id = ? WHERE camera_id = ?"),
+                            (model_id, camera_id))
+
     def set_offline(self, camera_id: str, instance: str, last_seen_us: int,
                     retained_from: int | None = None) -> None:
         """Mark a camera offline, unless another instance has taken its stream since."""

@@ -64,6 +64,8 @@ def test_postgres_store_roundtrip(postgres_url: str) -> None:
         b.put_human_view("pg-cam", 3, b"png", 42)
         b.put_human_view("pg-cam", 3, b"other", 1)             # first one wins
         assert a.human_view("pg-cam", 3) == (b"png", 42)
+        a.set_base_models({"pg-cam": "base-2"})               # the edge switched (A saw it)
+        assert b.camera("pg-cam").base_model_id == "base-2"
         b.set_offline("pg-cam", "b:1", 9)                      # not b's camera: no change
         assert a.camera("pg-cam").online
         a.mark_instance_offline("a:1")

@@ -428,6 +428,9 @@ def test_settings_switch_the_base_rate_point(cloud, tmp_path, frames):
             assert cam.base_model_id == other != before
         with sqlite3.connect(cloud.config.db) as c:
             layer = c.execute("SELECT base_layer FROM frames").fetchone()[0]
+            # in the database too: what other cloud instances answer ListCameras from
+            assert c.execute("SELECT base_model_id FROM cameras WHERE camera_id = 'cam-1'"
+                             ).fetchone()[0] == other
     from icm_codec.bitstream import unpack_layer
 
     assert unpack_layer(bytes(layer)).header.model_id == other
