@@ -113,6 +113,44 @@ def test_wheel_with_the_analyst_extra(tmp_path: Path) -> None:
     assert got["same"] and got["camera"] == "c" and got["stub"]
     assert got["absent"] == [], f"the analyst extra pulled in {got['absent']}"
 
+    # the console extra (what the console image installs): the web console serves its pages
+    # (templates and static files come in the wheel), still without torch
+    _run([*pip, "--python", str(py), "install", "-q", f"{wheel}[console]"], env=env,
+         timeout=600)
+    got = json.loads(_run([str(py), "-c", probe], cwd=run, env=env, timeout=60).stdout)
+    assert got["absent"] == [], f"the console extra pulled in {got['absent']}"
+    _serve_console(icm, run, env)
+
+
+def _serve_console(icm: str, cwd: Path, env: dict[str, str]) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([icm, "console", "--listen", f"127.0.0.1:{port}", "--cloud",
+                             "127.0.0.1:9"], cwd=cwd, env={**env, "ICM_CONSOLE_TOKEN": "t" * 24},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/login", timeout=5) as r:
+                    page = r.read().decode()
+                break
+            except OSError:
+                assert proc.poll() is None, proc.communicate()[0].decode()[-3000:]
+                assert time.monotonic() < deadline, "the console never answered"
+                time.sleep(0.3)
+        assert "<form" in page and 'name="token"' in page
+        css = re.search(r'href="(/static/[^"]+\.css)"', page)
+        assert css, page[:2000]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{css.group(1)}", timeout=5) as r:
+            assert r.status == 200 and r.read()
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
 
 def test_stale_stubs_are_regenerated(tmp_path: Path) -> None:
     """The checkout's fallback: missing or older than the .proto means stale; generate()
