@@ -24,8 +24,9 @@ def ms_ssim(a: np.ndarray, b: np.ndarray) -> float:
 
     if min(a.shape[:2]) < 161:
         return math.nan
-    ta = torch.from_numpy(a).permute(2, 0, 1)[None].double()
-    tb = torch.from_numpy(b).permute(2, 0, 1)[None].double()
+    # float64 copies first: the images may be read-only views, which torch warns about sharing
+    ta = torch.from_numpy(a.astype(np.float64)).permute(2, 0, 1)[None]
+    tb = torch.from_numpy(b.astype(np.float64)).permute(2, 0, 1)[None]
     return float(_ms(ta, tb, data_range=255.0))
 
 
