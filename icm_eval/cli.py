@@ -26,6 +26,9 @@ def _eval_rd_configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--single", nargs="*", help="single-layer packages")
     p.add_argument("--limit", type=int, help="use only the first N images")
     p.add_argument("--no-classical", action="store_true", help="skip JPEG/WebP/AVIF")
+    p.add_argument("--classical-from", metavar="RD_JSON",
+                   help="take JPEG/WebP/AVIF from an earlier rd.json of the same images "
+                        "(they are deterministic; coding them is most of a Kodak run)")
 
 
 @command("eval-rd", "rate-distortion evaluation against JPEG, WebP and AVIF", _eval_rd_configure)
@@ -43,7 +46,15 @@ def _eval_rd(args: argparse.Namespace) -> int:
         return [i.path for i in installed if i.kind == kind]
 
     images = load_images(args.data, args.limit)
-    result = evaluate(images, bases=pick(args.base, "base"),
+    known = None
+    if args.classical_from:
+        import json
+
+        try:
+            known = json.loads(Path(args.classical_from).read_text())
+        except (OSError, ValueError) as e:
+            raise ValueError(f"cannot read {args.classical_from}: {e}") from e
+    result = evaluate(images, known=known, bases=pick(args.base, "base"),
                       enhancements=pick(args.enhancement, "enhancement"),
                       residuals=pick(args.dc, "residual"), singles=pick(args.single, "single"),
                       classical=() if args.no_classical else ("JPEG", "WebP", "AVIF"))

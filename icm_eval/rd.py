@@ -98,23 +98,38 @@ def _tag(key: str, value) -> str:
     return f"{key}={value}"
 
 
+def _known_curve(known: dict, name: str, images: Sequence[tuple[str, np.ndarray]]
+                 ) -> list[RDPoint]:
+    """``name``'s curve from an earlier result, which must have coded the same images with the
+    same qualities (JPEG, WebP and AVIF are deterministic for one Pillow build)."""
+    if known.get("images") != [n for n, _ in images]:
+        raise ValueError("the earlier result was measured on other images; run without it")
+    pts = known.get("curves", {}).get(name)
+    want = [f"q{q}" for q in RD_QUALITIES[name]]
+    if not pts or sorted(p["label"] for p in pts) != sorted(want):
+        raise ValueError(f"the earlier result has no {name} curve at this run's qualities")
+    return [RDPoint(**p) for p in pts]
+
+
 def evaluate(images: Sequence[tuple[str, np.ndarray]], *, bases: Sequence[Path] = (),
              enhancements: Sequence[Path] = (), residuals: Sequence[Path] = (),
              singles: Sequence[Path] = (), classical: Sequence[str] = ("JPEG", "WebP", "AVIF"),
-             progress: bool = True) -> dict:
+             progress: bool = True, known: dict | None = None) -> dict:
     """All curves, BD-rates and the PSNR-by-(λ, m) table as one JSON-able dict. The learned
     curves are one per family (:func:`_families`); each learned curve is also compared with
-    the DC and single-layer curves of its own arch."""
+    the DC and single-layer curves of its own arch. ``known``: an earlier result (rd.json) on
+    the same images whose classical curves are taken instead of coding them again."""
     from icm_codec.train.masks import edge_mask
 
     base_runs = load_bases(list(dict.fromkeys(bases)))
     curves: dict[str, list[RDPoint]] = {}
     arch_of: dict[str, str] = {}  # learned curve -> its arch
     for name in classical:
-        curves[name] = classical_curve(name, images, progress)
+        curves[name] = (_known_curve(known, name, images) if known else
+                        classical_curve(name, images, progress))
 
     # machine image: PSNR inside the SA-ICM edge mask versus base bpp
-    masks = [edge_mask(img) for _, img in images]
+    masks = [edge_mask(img) for _, img in images] if base_runs else []
     machine = []
     for b in base_runs:
         rows = []

@@ -38,6 +38,11 @@ def test_masks_are_cached_on_disk(tmp_path: Path, photos) -> None:
     first = maker(s)
     assert len(list(tmp_path.rglob("*.npz"))) == 1
     np.testing.assert_array_equal(MaskMaker("edges", tmp_path)(s), first)
+    # keyed by content: the same pixels under another path hit the cache, other pixels do not
+    MaskMaker("edges", tmp_path)(Sample("/elsewhere/photo0", s.image.copy()))
+    assert len(list(tmp_path.rglob("*.npz"))) == 1
+    MaskMaker("edges", tmp_path)(Sample("photo0", s.image[::-1].copy()))
+    assert len(list(tmp_path.rglob("*.npz"))) == 2
     full = MaskMaker("full")(s)
     assert full.all() and full.shape == (128, 160)
 
@@ -162,6 +167,14 @@ def test_eval_rd_every_kind_and_report(tmp_path: Path, photos) -> None:
     write_report(result, tmp_path / "rd")
     assert json.loads((tmp_path / "rd" / "rd.json").read_text())["images"] == ["p0.png", "p1.png"]
     assert (tmp_path / "rd" / "rd.md").read_text() == md
+    # the classical curves of an earlier run on the same images are taken, not coded again
+    again = evaluate(images, singles=[pk["single"]], classical=("JPEG",), progress=False,
+                     known=json.loads((tmp_path / "rd" / "rd.json").read_text()))
+    same = [json.dumps([r["curves"]["JPEG"], r["bd_rate_percent"]["single-layer"]["JPEG"]])
+            for r in (again, result)]  # as JSON: NaN equals itself there
+    assert same[0] == same[1]
+    with pytest.raises(ValueError, match="other images"):
+        evaluate(images[:1], classical=("JPEG",), progress=False, known=result)
 
 
 def test_eval_rd_draws_one_curve_per_family(tmp_path: Path, photos) -> None:

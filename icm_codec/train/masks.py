@@ -115,7 +115,14 @@ class MaskMaker:
     def _path(self, sample: Sample) -> Path | None:
         if self.cache_dir is None:
             return None
-        h = hashlib.sha1(f"{self.tag}|{sample.key}|{sample.image.shape}".encode()).hexdigest()
+        # by what the mask is computed from (pixels, labelled regions), not by the path: the
+        # same photo given as ../shared/… or /work/shared/… (the plan, a hand-written command)
+        # is one mask, and an edited image or label file is another
+        h = hashlib.sha1(f"{self.tag}|{sample.image.shape}".encode())
+        h.update(np.ascontiguousarray(sample.image).data)
+        for poly in sample.polygons:
+            h.update(np.ascontiguousarray(poly, dtype=np.float64).data)
+        h = h.hexdigest()
         return self.cache_dir / f"{h[:2]}/{h}.npz"
 
     def __call__(self, sample: Sample) -> np.ndarray:
