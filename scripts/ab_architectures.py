@@ -11,7 +11,8 @@ start (docs/training.md, "What limits quality now"); it is not an R-D evaluation
 
 Variants:
 - ``lite``: the shipped lite transforms (LeakyReLU) with the channel-conditional coder.
-- ``lite-gdn``: the same convolutions with GDN / inverse GDN instead of LeakyReLU.
+- ``lite-gdn``: the same convolutions with GDN / inverse GDN instead of LeakyReLU (the
+  arch ``gdn`` that the plan's gdn family ships).
 - ``balle128``: Ballé et al.'s 5×5 GDN transforms (N = 128) with the channel-conditional coder.
 - ``msh64``: CompressAI's MeanScaleHyperprior(64, 128), its own transforms and hyperprior.
 - suffix ``+znoise`` (``lite+znoise``): h_s sees z + U(-½, ½) in training instead of round(z)
@@ -40,25 +41,17 @@ def _model(variant: str) -> nn.Module:
         return model
 
     from icm_codec import CodecConfig, create_model
-    from icm_codec.layers import ResBlock, SubpixelUp, conv
 
     if variant == "msh64":
         from compressai.models import MeanScaleHyperprior
 
         return MeanScaleHyperprior(64, 128)
+    if variant == "lite-gdn":  # the shipped arch `gdn` (icm_codec/transforms.py)
+        return create_model(CodecConfig(kind="single", arch="gdn"))
     model = create_model(CodecConfig(kind="single"))
     latent = model.coder.latent_channels
     n = model.config.N
-    if variant == "lite-gdn":
-        c1, c2 = n // 4, n // 2
-        model.g_a = nn.Sequential(conv(3, c1, 5, 2), GDN(c1), conv(c1, c2, 3, 2), GDN(c2),
-                                  conv(c2, n, 3, 2), GDN(n), conv(n, latent, 3, 2))
-        s1, s2, s3 = 3 * n // 4, n // 2, 3 * n // 8
-        model.g_s = nn.Sequential(conv(latent, n), GDN(n, inverse=True),
-                                  SubpixelUp(n, s1), GDN(s1, inverse=True), ResBlock(s1),
-                                  SubpixelUp(s1, s2), GDN(s2, inverse=True),
-                                  SubpixelUp(s2, s3), GDN(s3, inverse=True), SubpixelUp(s3, 3))
-    elif variant == "balle128":
+    if variant == "balle128":
         from compressai.models.utils import conv as cconv
         from compressai.models.utils import deconv
 
