@@ -123,11 +123,9 @@ def test_wheel_with_the_analyst_extra(tmp_path: Path) -> None:
 
 
 def _serve_console(icm: str, cwd: Path, env: dict[str, str]) -> None:
-    import socket
+    from helpers import free_port
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen([icm, "console", "--listen", f"127.0.0.1:{port}", "--cloud",
                              "127.0.0.1:9"], cwd=cwd, env={**env, "ICM_CONSOLE_TOKEN": "t" * 24},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
