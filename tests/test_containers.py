@@ -353,10 +353,17 @@ def test_edge_streams_to_cloud_through_containers(engine, images, tmp_path) -> N
         assert all((f.width, f.height) == (160, 128) for f in frames)
         if detect:
             assert any(f.detections for f in frames), "yolo11n found nothing in the photos"
-        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics",
-                                      timeout=10).read().decode()
-        assert re.search(r'^icm_edge_frames_captured_total\{camera="cam-c"\} 10\.0$', text,
-                         re.M), "the edge's counters did not reach the cloud's /metrics"
+
+        def scrape() -> str:
+            return urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics",
+                                          timeout=10).read().decode()
+
+        # the edge sends its counters every --edge-stats-s (1 s), not with each frame: the 10th
+        # frame can be stored before the counters that include it arrive
+        captured = re.compile(r'^icm_edge_frames_captured_total\{camera="cam-c"\} 10\.0$', re.M)
+        _wait(lambda: captured.search(scrape()), 30,
+              "the edge's counters (10 frames captured) in the cloud's /metrics", [edge, cloud])
+        text = scrape()
         assert f'revision="{_revision()}"' in text
         # non-root, read-only root filesystem, writable only where the deployment says
         for c in (cloud, edge):
