@@ -13,8 +13,6 @@ import json
 import shutil
 from pathlib import Path
 
-from icm_codec import LayerKind, load_package
-
 WEIGHTS = Path(__file__).resolve().parent.parent / "icm_codec" / "weights"
 
 
@@ -24,6 +22,8 @@ def main() -> None:
     ap.add_argument("--default-base", required=True, help="model id of the default base")
     ap.add_argument("--default-enhancement", help="model id of the default enhancement")
     args = ap.parse_args()
+    from icm_codec import LayerKind, load_package  # torch: not for --help
+
     WEIGHTS.mkdir(parents=True, exist_ok=True)
     for src in map(Path, args.packages):
         pkg = load_package(src)  # verifies the digest before anything is copied

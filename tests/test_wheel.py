@@ -82,6 +82,8 @@ def test_wheel_with_the_analyst_extra(tmp_path: Path) -> None:
     missing = [n for n in (*STUBS, "icm_codec/weights/index.json") if n not in names]
     assert not missing, f"the wheel lacks {missing}"
     assert not any(n.startswith(("tests/", "protos/")) for n in names)
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), \
+        "the wheel lacks the licence text"
 
     # a fresh environment (no pip of its own: the outer pip installs into it)
     venv = tmp_path / "venv"
