@@ -1,5 +1,5 @@
-"""Containers for real: the project's edge and cloud images built from deploy/docker with a real
-Docker engine, and run the way the deployment runs them.
+"""Containers for real: the project's edge, cloud and console images built from deploy/docker
+with a real Docker engine, and run the way the deployment runs them.
 
 - The engine: the one the Docker SDK finds, else (as root) Debian's ``dockerd`` started here
   with no iptables and no bridge (``--network host`` only), on overlay2 where this kernel mounts
@@ -18,7 +18,8 @@ Docker engine, and run the way the deployment runs them.
   container streaming a clip to it over host networking, both with a read-only root filesystem as
   user 10001. Frames are stored (asked through the analyst API), both health checks pass (the
   images' own HEALTHCHECK, as Docker runs it), the edge's counters show on the cloud's
-  /metrics, and the build revision is in icm_build_info.
+  /metrics, and the build revision is in icm_build_info. A console container (no torch in it)
+  lists the same frames through the cloud's analyst API.
 
 Skipped, with the reason, where no engine can run, debootstrap is missing, or the disk is short.
 Everything the test creates (containers, volumes, the images and their build stages) is
@@ -173,7 +174,7 @@ def package_index():
     """A PEP 503 index of the images' wheels on 127.0.0.1 (downloaded once, then cached)."""
     wheels = CACHE / "wheelhouse"
     wheels.mkdir(parents=True, exist_ok=True)
-    for image in ("edge", "cloud"):
+    for image in ("edge", "cloud", "console"):
         _pip_download(["--no-deps", "--require-hashes", "-r",
                        str(DOCKER_DIR / "requirements" / f"{image}.txt")], wheels)
     install = (ROOT / "scripts" / "install.sh").read_text()
@@ -236,12 +237,13 @@ def _revision() -> str:
 
 @pytest.fixture(scope="module")
 def images(engine, base_image, package_index):
-    """The edge and cloud images, built; removed with their build stages afterwards."""
+    """The edge, cloud and console images, built; removed with their build stages
+    afterwards."""
     before = {i.id for i in engine.images.list(all=True)}
     built: dict[str, str] = {}
     timings: dict[str, float] = {}
     try:
-        for name in ("edge", "cloud"):
+        for name in ("edge", "cloud", "console"):
             tag = f"icm-test-{name}:ci"
             t0 = time.monotonic()
             log = []
@@ -305,13 +307,13 @@ def test_edge_streams_to_cloud_through_containers(engine, images, tmp_path) -> N
     clip = _clip(tmp_path / "clip.avi")
     os.chmod(tmp_path, 0o755)
     os.chmod(clip, 0o644)
-    edge_port, analyst_port, metrics_port, edge_metrics, edge_health = (
-        _free_port() for _ in range(5))
+    edge_port, analyst_port, metrics_port, edge_metrics, edge_health, console_port = (
+        _free_port() for _ in range(6))
     weights = Path(os.environ.get("ICM_SHARED_DIR", ROOT.parent / "shared")) / "assets" / \
         "detectors"
     detect = (weights / "yolo11n.pt").is_file()
     volumes = [engine.volumes.create(), engine.volumes.create()]
-    cloud = edge = None
+    cloud = edge = console = None
     common = {"network_mode": "host", "read_only": True, "tmpfs": {"/tmp": ""},
               "detach": True, "environment": {"OMP_NUM_THREADS": "1"}}
     try:
@@ -365,21 +367,44 @@ def test_edge_streams_to_cloud_through_containers(engine, images, tmp_path) -> N
               "the edge's counters (10 frames captured) in the cloud's /metrics", [edge, cloud])
         text = scrape()
         assert f'revision="{_revision()}"' in text
+
+        # the web console (its own image, no torch) shows the frames through the cloud
+        token = "console-test-token-" + "x" * 16
+        console = engine.containers.run(
+            built["console"], ["--listen", f"127.0.0.1:{console_port}",
+                               "--cloud", f"127.0.0.1:{analyst_port}"],
+            healthcheck={"test": ["CMD", "python", "/app/deploy/docker/healthcheck.py", "http",
+                                  f"http://127.0.0.1:{console_port}/healthz"],
+                         "interval": 3 * 10**9, "timeout": 5 * 10**9, "retries": 3,
+                         "start_period": 60 * 10**9},
+            **{**common, "environment": {"ICM_CONSOLE_TOKEN": token}})
+        _wait(lambda: _health(console) == "healthy", 120, "the console's health check",
+              [console])
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{console_port}/api/cameras/cam-c/frames?limit=50",
+            headers={"Authorization": f"Bearer {token}"})
+        listed = json.loads(urllib.request.urlopen(req, timeout=30).read())
+        assert sorted(f["frame_id"] for f in listed["frames"]) == list(range(1, 11))
+        out = console.exec_run(["python", "-c", "import importlib.util as u; "
+                                "print(u.find_spec('torch') is None)"]).output.decode()
+        assert out.strip() == "True", f"the console image has torch: {out}"
         # non-root, read-only root filesystem, writable only where the deployment says
-        for c in (cloud, edge):
+        for c in (cloud, edge, console):
             c.reload()
             assert c.attrs["Config"]["User"] == "10001:10001"
             assert c.attrs["HostConfig"]["ReadonlyRootfs"] is True
             assert c.exec_run(["id", "-u"]).output.decode().strip() == "10001"
             assert c.exec_run(["touch", "/opt/venv/x"]).exit_code != 0
-            assert c.exec_run(["touch", "/var/lib/icm/x"]).exit_code == 0
+            # the services' state volume; the console keeps none (its root stays read-only)
+            wrote = c.exec_run(["touch", "/var/lib/icm/x"]).exit_code == 0
+            assert wrote is (c is not console), c.name
         # one OpenCV, the headless build
         out = cloud.exec_run(["python", "-c", "import importlib.metadata as m, cv2; "
                               "print(sorted(d.metadata['Name'] for d in m.distributions() "
                               "if 'opencv' in d.metadata['Name']))"]).output.decode()
         assert out.strip() == "['opencv-python-headless']", out
     finally:
-        for c in (edge, cloud):
+        for c in (console, edge, cloud):
             if c is not None:
                 with contextlib.suppress(docker.errors.APIError):
                     c.remove(force=True)
