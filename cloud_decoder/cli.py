@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from icm_codec.commands import CommandTable
-from icm_codec.configflags import add_config_flags, config_from_args
-from icm_rpc.cli_common import add_common_flags, apply_logging, env_default, metrics_port, tls_files
+from icm_codec.configflags import add_config_flags, add_env_flag, config_from_args
+from icm_rpc.cli_common import add_common_flags, apply_logging, metrics_port, tls_files
 
 from .config import ENV_PREFIX, CloudConfig
 
@@ -50,10 +50,9 @@ def _cloud(args: argparse.Namespace) -> int:
 
 # -- icm analyst -----------------------------------------------------------------------------
 def _analyst_configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--cloud", default=env_default("ICM_CLOUD", "localhost:50051"),
-                   help="cloud analyst address [$ICM_CLOUD]")
-    p.add_argument("--tls-ca", default=env_default("ICM_TLS_CA"),
-                   help="CA of the cloud's cert [$ICM_TLS_CA]")
+    add_env_flag(p, "--cloud", env="ICM_CLOUD", default="localhost:50051",
+                 help="cloud analyst address")
+    add_env_flag(p, "--tls-ca", env="ICM_TLS_CA", help="CA of the cloud's cert")
     p.add_argument("--server-name", default="", help="TLS name to expect from the cloud")
     p.add_argument("--timeout", type=float, default=60.0)
     sub = p.add_subparsers(dest="action", required=True)

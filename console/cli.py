@@ -9,7 +9,8 @@ import threading
 from pathlib import Path
 
 from icm_codec.commands import CommandTable
-from icm_rpc.cli_common import env_default
+from icm_codec.configflags import add_env_flag
+from icm_rpc.cli_common import add_logging_flags
 
 __all__ = ["COMMANDS"]
 
@@ -18,31 +19,27 @@ command = COMMANDS.command
 
 
 def _configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--listen", default=env_default("ICM_CONSOLE_LISTEN", "0.0.0.0:8080"),
-                   help="HOST:PORT to serve on (default 0.0.0.0:8080) [$ICM_CONSOLE_LISTEN]")
-    p.add_argument("--cloud", default=env_default("ICM_CLOUD", "localhost:50051"),
-                   help="the cloud's analyst address (any instance) [$ICM_CLOUD]")
-    p.add_argument("--tls-ca", default=env_default("ICM_TLS_CA"),
-                   help="CA of the cloud's certificate: TLS to the cloud [$ICM_TLS_CA]")
-    p.add_argument("--server-name", default=env_default("ICM_TLS_SERVER_NAME", ""),
-                   help="TLS name to expect from the cloud [$ICM_TLS_SERVER_NAME]")
-    p.add_argument("--https-cert", default=env_default("ICM_CONSOLE_TLS_CERT"),
-                   help="serve HTTPS with this certificate (PEM) [$ICM_CONSOLE_TLS_CERT]")
-    p.add_argument("--https-key", default=env_default("ICM_CONSOLE_TLS_KEY"),
-                   help="its private key [$ICM_CONSOLE_TLS_KEY]")
-    p.add_argument("--secure-cookies", action="store_true",
-                   default=env_default("ICM_CONSOLE_SECURE_COOKIES", "") not in ("", "0"),
-                   help="mark the session cookie Secure (HTTPS ends at a proxy in front) "
-                        "[$ICM_CONSOLE_SECURE_COOKIES]")
-    p.add_argument("--public-url", default=env_default("ICM_CONSOLE_URL", ""),
-                   help="the console's address as people reach it (for the printed login "
-                        "link) [$ICM_CONSOLE_URL]")
-    p.add_argument("--page-size", type=int, default=48, help="frames per page (1-200)")
-    p.add_argument("--timeout", type=float, default=15.0, help="seconds per cloud call")
-    p.add_argument("--log-level", default=env_default("ICM_LOG_LEVEL", "info"),
-                   choices=["debug", "info", "warning", "error"])
-    p.add_argument("--log-format", default=env_default("ICM_LOG_FORMAT", "text"),
-                   choices=["text", "json"])
+    add_env_flag(p, "--listen", env="ICM_CONSOLE_LISTEN", default="0.0.0.0:8080",
+                 help="HOST:PORT to serve on")
+    add_env_flag(p, "--cloud", env="ICM_CLOUD", default="localhost:50051",
+                 help="the cloud's analyst address (any instance)")
+    add_env_flag(p, "--tls-ca", env="ICM_TLS_CA", help="CA of the cloud's certificate: TLS to "
+                 "the cloud")
+    add_env_flag(p, "--server-name", env="ICM_TLS_SERVER_NAME", default="",
+                 help="TLS name to expect from the cloud")
+    add_env_flag(p, "--https-cert", env="ICM_CONSOLE_TLS_CERT",
+                 help="serve HTTPS with this certificate (PEM)")
+    add_env_flag(p, "--https-key", env="ICM_CONSOLE_TLS_KEY", help="its private key")
+    add_env_flag(p, "--secure-cookies", env="ICM_CONSOLE_SECURE_COOKIES", switch=True,
+                 default=False,
+                 help="mark the session cookie Secure (HTTPS ends at a proxy in front)")
+    add_env_flag(p, "--public-url", env="ICM_CONSOLE_URL", default="",
+                 help="the console's address as people reach it (for the printed login link)")
+    add_env_flag(p, "--page-size", env="ICM_CONSOLE_PAGE_SIZE", type=int, default=48,
+                 help="frames per page (1-200)")
+    add_env_flag(p, "--timeout", env="ICM_CONSOLE_TIMEOUT", type=float, default=15.0,
+                 help="seconds per cloud call")
+    add_logging_flags(p)
     p.epilog = ("Tokens come from the environment only (never flags, which show in process "
                 "lists): ICM_CONSOLE_TOKEN (viewers), ICM_CONSOLE_ADMIN_TOKEN (may change "
                 "camera settings), ICM_ANALYST_TOKEN (the cloud's analyst token). With no "

@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 
 from icm_codec.commands import Command, CommandTable
-from icm_rpc.cli_common import env_default, name_list
+from icm_codec.configflags import add_env_flag
+from icm_rpc.cli_common import name_list
 
 __all__ = ["COMMANDS", "run_demo"]
 
@@ -154,9 +155,8 @@ def run_demo(args: argparse.Namespace) -> int:
 def _demo_configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--video", default="../shared/data/video/vtest.avi", help="video to stream")
     p.add_argument("--frames", type=int, default=30, help="frames to stream (default 30)")
-    p.add_argument("--weights-dir", default=env_default("ICM_DETECTOR_DIR",
-                                                        "../shared/assets/detectors"),
-                   help="folder with detector weights [$ICM_DETECTOR_DIR]")
+    add_env_flag(p, "--weights-dir", env="ICM_DETECTOR_DIR", default="../shared/assets/detectors",
+                 help="folder with detector weights")
     p.add_argument("--detectors", default="yolo11n", help="comma-separated, or 'none'")
     p.add_argument("--out", default="out/demo", help="database, spool and images go here")
     p.add_argument("--port", type=int, default=0, help="cloud port (0: any free port)")

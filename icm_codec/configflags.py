@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Flag", "NotAFlag", "add_config_flags", "config_from_args", "env_names",
+__all__ = ["Flag", "NotAFlag", "add_config_flags", "add_env_flag", "config_from_args", "env_names",
            "flag", "flag_names", "not_a_flag", "parse_bool"]
 
 META = "icm.flag"
@@ -205,6 +205,45 @@ class _Append(argparse.Action):
         setattr(namespace, self.dest, items)
 
 
+def add_env_flag(where: argparse.ArgumentParser | Any, *flags: str, help: str, env: str = "",
+                 default: Any = None, type: Callable[[str], Any] = str,
+                 choices: Sequence[Any] | None = None, nargs: str | None = None,
+                 append: bool = False, metavar: str | None = None, switch: bool = False,
+                 required: bool = False, dest: str | None = None,
+                 environ: Mapping[str, str] | None = None) -> argparse.Action:
+    """One flag with an environment variable (``env``; "" for none), for the options a command
+    declares itself: converted and checked like a generated one (a bad value of the variable is
+    an argparse error naming it, never a traceback, and ``--help`` still works with it set).
+
+    ``switch``: a flag without a value that sets ``not default``; its variable is a yes/no.
+    """
+    environ = os.environ if environ is None else environ
+    kw: dict[str, Any] = {"help": help.replace("%", "%%")  # argparse formats help with %(...)s
+                          + (f" [${env}]" if env else ""), "default": default}
+    if dest:
+        kw["dest"] = dest
+    if switch:
+        on = not default
+        kw.update(action=_Switch, const=on,
+                  type=_Convert(lambda t, on=on: parse_bool(t) == on, None, False, "switch"))
+    else:
+        if metavar or not choices:  # argparse shows choices as {a,b}
+            kw["metavar"] = metavar or flags[0].lstrip("-").replace("-", "_").upper()
+        kw["type"] = _Convert(type, choices, bool(append or nargs),
+                              getattr(type, "__name__", "value"))
+        if choices is not None:
+            kw["choices"] = choices
+        if nargs:
+            kw["nargs"] = nargs
+        if append:
+            kw["action"] = _Append
+    if env and env in environ:
+        kw["default"] = _env_text(environ[env], env)  # argparse converts it after parsing
+    elif required:
+        kw["required"] = True
+    return where.add_argument(*flags, **kw)
+
+
 def add_config_flags(parser: argparse.ArgumentParser | Any, cls: type, *,
                      env_prefix: str | None = None,
                      environ: Mapping[str, str] | None = None) -> None:
@@ -214,7 +253,6 @@ def add_config_flags(parser: argparse.ArgumentParser | Any, cls: type, *,
     → ``ICM_CLOUD_MAX_BATCH``), or none when ``env_prefix`` is None. A field without a default
     is a required flag, or, where it has a variable, a value :func:`config_from_args` asks for.
     """
-    environ = os.environ if environ is None else environ
     groups: dict[str, Any] = {}
     for f, spec in _flag_fields(cls):
         where = parser
@@ -224,45 +262,27 @@ def add_config_flags(parser: argparse.ArgumentParser | Any, cls: type, *,
             where = groups[spec.group]
         env = _env_name(f, spec, env_prefix)
         default = _default(f)
-        text = spec.help.replace("%", "%%")  # argparse formats help with %(default)s
-        kw: dict[str, Any] = {"dest": f.name, "help": text + (f" [${env}]" if env else "")}
-        if spec.metavar or not spec.choices:  # argparse shows choices as {a,b}
-            kw["metavar"] = spec.metavar or _option_strings(f, spec)[0].lstrip("-").replace(
-                "-", "_").upper()
         base = _base_type(f)
-        if base == "bool" and spec.type is None:
-            if default is _MISSING:
-                raise TypeError(f"switch {f.name!r} needs a default")
-            on = not default
-            kw.pop("metavar", None)
-            kw.update(action=_Switch, const=on,
-                      type=_Convert(lambda t, on=on: parse_bool(t) == on, None, False, "switch"))
-        else:
-            many = bool(spec.append or spec.nargs)
-            if many and base.startswith("list[") and base.endswith("]"):
+        switch = base == "bool" and spec.type is None
+        convert: Callable[[str], Any] = str
+        if switch and default is _MISSING:
+            raise TypeError(f"switch {f.name!r} needs a default")
+        if not switch:
+            if (spec.append or spec.nargs) and base.startswith("list[") and base.endswith("]"):
                 base = base[5:-1]  # the flag's values are the list's items
-            convert = spec.type or _SCALARS.get(base)
-            if convert is None:
+            found = spec.type or _SCALARS.get(base)
+            if found is None:
                 raise TypeError(f"config field {f.name!r} ({f.type}) needs flag(type=...)")
-            kw["type"] = _Convert(convert, spec.choices, many,
-                                  getattr(convert, "__name__", "value"))
-            if spec.choices is not None:
-                kw["choices"] = spec.choices
-            if spec.nargs:
-                kw["nargs"] = spec.nargs
-            if spec.append:
-                kw["action"] = _Append
-        if env and env in environ:
-            kw["default"] = _env_text(environ[env], env)
-        elif default is _MISSING and env:
-            kw["default"] = None  # config_from_args asks for the flag or the variable
-        elif default is _MISSING:
-            kw["required"] = True
+            convert = found
+        if default is _MISSING:
+            default = None  # with a variable, config_from_args asks for the flag or it
         elif spec.show is not None:
-            kw["default"] = spec.show(default)  # a string: argparse converts it after parsing
-        else:
-            kw["default"] = default
-        where.add_argument(*_option_strings(f, spec), **kw)
+            default = spec.show(default)  # a string: argparse converts it after parsing
+        add_env_flag(where, *_option_strings(f, spec), help=spec.help, env=env, default=default,
+                     type=convert, choices=spec.choices, nargs=spec.nargs, append=spec.append,
+                     metavar=spec.metavar, switch=switch,
+                     required=_default(f) is _MISSING and not env, dest=f.name,
+                     environ=environ)
 
 
 def _env_text(value: str, env: str) -> _EnvText:

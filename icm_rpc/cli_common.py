@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
+
+from icm_codec.configflags import add_env_flag
 
 from .logs import setup_logging
 from .tls import TLSFiles
 
-__all__ = ["add_common_flags", "apply_logging", "env_default", "metrics_port", "name_list",
-           "tls_files"]
-
-
-def env_default(name: str, default: str | None = None) -> str | None:
-    return os.environ.get(name, default)
+__all__ = ["add_common_flags", "add_logging_flags", "apply_logging", "metrics_port",
+           "name_list", "tls_files"]
 
 
 def name_list(value: str | None) -> list[str]:
@@ -26,23 +23,21 @@ def name_list(value: str | None) -> list[str]:
 
 def add_common_flags(p: argparse.ArgumentParser, metrics_port: int) -> None:
     g = p.add_argument_group("TLS (PEM files; see `icm certs`)")
-    g.add_argument("--tls-ca", default=env_default("ICM_TLS_CA"),
-                   help="CA certificate that verifies the peer [$ICM_TLS_CA]")
-    g.add_argument("--tls-cert", default=env_default("ICM_TLS_CERT"),
-                   help="this side's certificate [$ICM_TLS_CERT]")
-    g.add_argument("--tls-key", default=env_default("ICM_TLS_KEY"),
-                   help="this side's private key [$ICM_TLS_KEY]")
-    p.add_argument("--metrics-port", type=int,
-                   default=int(env_default("ICM_METRICS_PORT", str(metrics_port))),
-                   help=f"Prometheus /metrics port, -1 for none (default {metrics_port}) "
-                        "[$ICM_METRICS_PORT]")
+    add_env_flag(g, "--tls-ca", env="ICM_TLS_CA",
+                 help="CA certificate that verifies the peer")
+    add_env_flag(g, "--tls-cert", env="ICM_TLS_CERT", help="this side's certificate")
+    add_env_flag(g, "--tls-key", env="ICM_TLS_KEY", help="this side's private key")
+    add_env_flag(p, "--metrics-port", env="ICM_METRICS_PORT", type=int, default=metrics_port,
+                 help="Prometheus /metrics port, -1 for none")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
-    p.add_argument("--log-level", default=env_default("ICM_LOG_LEVEL", "info"),
-                   choices=["debug", "info", "warning", "error"],
-                   help="log verbosity [$ICM_LOG_LEVEL]")
-    p.add_argument("--log-format", default=env_default("ICM_LOG_FORMAT", "text"),
-                   choices=["text", "json"],
-                   help="json: one object per line, for log collectors [$ICM_LOG_FORMAT]")
+    add_logging_flags(p)
+
+
+def add_logging_flags(p: argparse.ArgumentParser) -> None:
+    add_env_flag(p, "--log-level", env="ICM_LOG_LEVEL", default="info",
+                 choices=["debug", "info", "warning", "error"], help="log verbosity")
+    add_env_flag(p, "--log-format", env="ICM_LOG_FORMAT", default="text",
+                 choices=["text", "json"], help="json: one object per line, for log collectors")
 
 
 def tls_files(args: argparse.Namespace) -> TLSFiles:

@@ -226,6 +226,36 @@ def test_a_bad_service_variable_is_one_clear_error(monkeypatch, capsys) -> None:
     assert "Traceback" not in err
 
 
+def test_hand_declared_flags_read_variables_like_generated_ones(monkeypatch, capsys) -> None:
+    """The flags a command declares itself (add_env_flag: the shared TLS / metrics / logging
+    flags, the console's) convert and check their variable after parsing: a bad value is an
+    argparse error naming it, and --help still works with it set."""
+    from icm_app.main import build_parser, main
+
+    monkeypatch.setenv("ICM_METRICS_PORT", "x")       # was int() while building the parser
+    with pytest.raises(SystemExit) as e:
+        main(["cloud", "--help"])
+    assert e.value.code == 0
+    capsys.readouterr()
+    for var, value, flag_ in (("ICM_LOG_LEVEL", "verbose", "--log-level"),
+                              ("ICM_CONSOLE_PAGE_SIZE", "many", "--page-size"),
+                              ("ICM_CONSOLE_SECURE_COOKIES", "maybe", "--secure-cookies")):
+        monkeypatch.setenv(var, value)
+        with pytest.raises(SystemExit) as e:
+            main(["console", "--listen", "127.0.0.1:1"])
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert f"argument {flag_}: ${var}={value!r}" in err and "Traceback" not in err
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("ICM_CONSOLE_SECURE_COOKIES", "false")   # was on for any non-empty text
+    monkeypatch.setenv("ICM_CONSOLE_PAGE_SIZE", "12")
+    args = build_parser(["console"]).parse_args(["console", "--page-size", "20"])
+    assert (args.secure_cookies, args.page_size) == (False, 20)   # the flag wins
+    monkeypatch.setenv("ICM_CONSOLE_SECURE_COOKIES", "yes")
+    args = build_parser(["console"]).parse_args(["console"])
+    assert (args.secure_cookies, args.page_size) == (True, 12)
+
+
 def test_train_flags_keep_their_spellings() -> None:
     """The flags running trainings and `icm plan` pass give the same TrainConfig as before."""
     from icm_codec.cli import build_parser
@@ -266,7 +296,7 @@ def test_train_defaults_match_the_training_library() -> None:
     assert field.default == DENSITY_LR_SCALE
 
 
-@pytest.mark.parametrize("name", ["edge", "cloud"])
+@pytest.mark.parametrize("name", ["edge", "cloud", "console"])
 def test_every_service_flag_names_its_variable(name) -> None:
     """docs/services.md: every flag has a variable but these (command line only, or another
     variable does the job)."""
