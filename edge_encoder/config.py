@@ -39,7 +39,8 @@ class EdgeConfig:
                                   help="base model package (path, id or digest; default shipped)")
     enhancement_model: str | None = flag(  # None: shipped default; "": no enhancement layers
         None, flags=["--enhancement"], type=_enhancement,
-        help="enhancement model package (default shipped; 'none' for no enhancement layers)")
+        help="enhancement layer package: fusion (enhancement) or DC (residual) on the base "
+             "(default shipped; 'none' for no enhancement layers)")
     enhancement_mode: str = flag(
         "lazy", choices=["lazy", "eager"],
         help="lazy: keep the raw frame, encode when asked; eager: encode at capture")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from icm_codec import ScalableCodec, load_package
-from icm_codec.registry import default_package, find_package, list_packages
+from icm_codec.registry import HUMAN_LAYER_KINDS, default_package, find_package, list_packages
 
 from .metrics import EdgeMetrics
 
@@ -64,7 +64,7 @@ class EdgeEncoder:
         base_path = find_package(base, "base") if base else default_package("base")
         self._enh_pkg = None
         if enhancement != "":
-            enh_path = (find_package(enhancement, "enhancement") if enhancement
+            enh_path = (find_package(enhancement, HUMAN_LAYER_KINDS) if enhancement
                         else default_package("enhancement"))
             self._enh_pkg = load_package(enh_path, device)
         self._codecs: dict[str, ScalableCodec] = {}

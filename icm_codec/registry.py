@@ -17,7 +17,8 @@ from pathlib import Path
 from .errors import ModelPackageError
 from .kinds import LayerKind
 
-__all__ = ["PackageInfo", "default_package", "find_package", "list_packages", "search_dirs"]
+__all__ = ["HUMAN_LAYER_KINDS", "PackageInfo", "default_package", "find_package", "list_packages",
+           "search_dirs"]
 
 SHIPPED_DIR = Path(__file__).parent / "weights"
 PACKAGE_SUFFIX = ".icmpkg"
@@ -58,24 +59,38 @@ def list_packages(dirs: list[Path] | None = None) -> list[PackageInfo]:
     return out
 
 
-def find_package(name: str | os.PathLike[str], kind: LayerKind | str | None = None) -> Path:
-    """A file path, a model id or a digest (prefix of at least 8 hex digits) -> package path."""
+#: What the enhancement (human) layer of a frame may be coded with: the feature-fusion layer or
+#: the difference-compression (residual) layer; both refine one base and decode the human image.
+HUMAN_LAYER_KINDS: tuple[LayerKind, ...] = (LayerKind.ENHANCEMENT, LayerKind.RESIDUAL)
+
+
+def find_package(name: str | os.PathLike[str],
+                 kind: LayerKind | str | tuple[LayerKind, ...] | None = None) -> Path:
+    """A file path, a model id or a digest (prefix of at least 8 hex digits) -> package path;
+    ``kind`` (one kind or several) restricts what a model id or digest may name."""
     p = Path(name)
     if p.is_file():
         return p
     s = str(name)
-    want = None if kind is None else LayerKind.parse(kind).label
+    kinds = (kind,) if isinstance(kind, LayerKind | str) else kind
+    want = None if kinds is None else {LayerKind.parse(k).label for k in kinds}
+    other = None
     for info in list_packages():
         named = info.model_id == s or (len(s) >= 8 and info.digest.startswith(s.lower()))
-        if named and (want is None or info.kind == want):
+        if named and (want is None or info.kind in want):
             return info.path
+        other = other or (info if named else None)
+    if other is not None and want is not None:
+        raise ModelPackageError(f"model package {s!r} is a {other.kind} layer, not "
+                                f"{' or '.join(sorted(want))}")
     raise ModelPackageError(
         f"no model package {s!r} found (searched: {', '.join(map(str, search_dirs()))}); "
         "pass a .icmpkg path, set ICM_MODEL_PATH, or train one with `icm train`")
 
 
 def default_package(kind: LayerKind | str) -> Path:
-    """The package ``weights/index.json`` names as default for ``kind``."""
+    """The package ``weights/index.json`` names as default for ``kind``; the default
+    ``enhancement`` layer is any of :data:`HUMAN_LAYER_KINDS`."""
     kind = LayerKind.parse(kind).label
     index = SHIPPED_DIR / "index.json"
     try:
@@ -84,4 +99,4 @@ def default_package(kind: LayerKind | str) -> Path:
         raise ModelPackageError(
             f"no default {kind} model is installed; pass --model PATH (a .icmpkg package), "
             "or train one with `icm train`") from e
-    return find_package(name, kind)
+    return find_package(name, HUMAN_LAYER_KINDS if kind == LayerKind.ENHANCEMENT.label else kind)

@@ -40,3 +40,28 @@ def test_default_codec_human_view_beats_machine_view(photos) -> None:
     human = codec.decode_human(base, enh)
     assert _psnr(frame, human) > _psnr(frame, machine) + 1.0
     assert 8 * len(base) / frame[..., 0].size < 1.0  # the machine layer stays compact
+
+
+def test_the_edge_codes_its_enhancement_layer_with_a_dc_package_too(photos) -> None:
+    """The human layer may be a difference-compression (residual) package: the edge takes it
+    as its enhancement layer, the decoder finds it by digest; a base package named there is a
+    clear error."""
+    from edge_encoder.encoder import EdgeEncoder
+    from icm_codec import ModelPackageError
+    from icm_codec.registry import HUMAN_LAYER_KINDS, find_package
+
+    infos = list_packages([SHIPPED_DIR])
+    dc = next((i for i in infos if i.kind == "residual"), None)
+    if dc is None:
+        pytest.skip("no residual package shipped")
+    parent = load_package(dc.path).config.base_digest
+    base = next(i for i in infos if i.digest == parent)
+    edge = EdgeEncoder(base=base.model_id, enhancement=dc.model_id, mode="eager")
+    assert edge.describe()["enhancement_model_id"] == dc.model_id
+    frame = np.ascontiguousarray(photos[0][:256, :320])
+    out = edge.encode(frame, frame_id=1)
+    codec = ScalableCodec.load(find_package(base.digest[:16]), find_package(dc.digest[:16]))
+    human = codec.decode_human(out.base, out.enhancement)
+    assert _psnr(frame, human) > _psnr(frame, codec.decode_machine(out.base)) + 1.0
+    with pytest.raises(ModelPackageError, match="is a base layer, not enhancement or residual"):
+        find_package(base.model_id, HUMAN_LAYER_KINDS)
