@@ -31,8 +31,6 @@ BEGIN, END = "<!-- capacity:begin (scripts/capacity.py render) -->", "<!-- capac
 
 # Figures measured by other parts of the project, with where they are documented.
 SOURCES = {
-    "cpu_decode_ms": (297.0, "docs/analytics.md, Throughput: base-lite-l0.013 decode, 768×576, "
-                             "1 thread, batch 1"),
     "cpu_detect_ms": (142.0, "docs/analytics.md, Throughput: yolo11n, 768×576, 1 thread, "
                              "batch 1"),
     "service_fps_per_instance": (2572.0, "docs/services.md, Benchmark: no-op decoder, 8 "
@@ -57,7 +55,7 @@ def measure(video: Path, detectors: Path, frames: int) -> dict:
     from cloud_decoder.storage import FrameRow, open_store
     from cloud_decoder.thumbnails import jpeg_thumbnail
     from icm_codec import ScalableCodec
-    from icm_codec.registry import list_packages
+    from icm_codec.registry import default_package, list_packages
 
     torch.set_num_threads(1)
     cap = cv2.VideoCapture(str(video))
@@ -101,9 +99,19 @@ def measure(video: Path, detectors: Path, frames: int) -> dict:
     out["classes_per_frame"] = round(sum(len({d.class_name for d in f}) for f in dets)
                                      / len(dets), 2)
     # what a stored frame costs in the database (SQLite here; PostgreSQL's rows are similar)
-    default = next(p for p in out["rate_points"] if p["package"] == "base-lite-l0.013")
-    codec = ScalableCodec.load(next(p.path for p in bases if p.model_id == default["package"]))
+    default_path = default_package("base").resolve()
+    default = next(p for p, pkg in zip(out["rate_points"], bases, strict=True)
+                   if pkg.path.resolve() == default_path)
+    out["default_package"] = default["package"]
+    codec = ScalableCodec.load(default_path)
     layers = [codec.encode_base(img, frame_id=i + 1) for i, img in enumerate(images)]
+    codec.decode_machine(layers[0])   # warm-up
+    times = []
+    for layer in layers:
+        t0 = time.perf_counter()
+        codec.decode_machine(layer)
+        times.append(time.perf_counter() - t0)
+    out["decode_ms_median"] = round(1000 * sorted(times)[len(times) // 2], 1)
     machine = codec.decode_machine_batch(layers)
     thumbs = [jpeg_thumbnail(m, 256) for m in machine]
     with tempfile.TemporaryDirectory() as tmp:
@@ -182,7 +190,7 @@ def render(m: dict, cameras: int, fps: float, gpu_fps: list[float], util: float,
         lines.append(f"| {p['package']} | {p['bpp']:.3f} | {b:,} | {b1080:,.0f} | "
                      f"{_si(8 * b * fps, 'bit/s')} | {_si(8 * b * rate, 'bit/s')} | "
                      f"{_si(b * per_day, 'B')} | {p['encode_ms_median']:.0f} |")
-    default = next(p for p in m["rate_points"] if p["package"] == "base-lite-l0.013")
+    default = next(p for p in m["rate_points"] if p["package"] == m["default_package"])
     thumb = m["thumbnail_bytes"]
     dbb = m["db_bytes_per_frame"]
     rows_s = rate * (1 + m["classes_per_frame"])
@@ -213,13 +221,14 @@ def render(m: dict, cameras: int, fps: float, gpu_fps: list[float], util: float,
                   "with fsync off on the shared 2-core machine: an optimistic figure for this "
                   f"machine, not for a database server): {pg / fps:,.0f} cameras at {fps:g} "
                   f"frames/s, {pg / rate:.1%} of the fleet's write rate."]
-    cpu_ms = SOURCES["cpu_decode_ms"][0] + SOURCES["cpu_detect_ms"][0]
+    cpu_ms = m["decode_ms_median"] + SOURCES["cpu_detect_ms"][0]
     cpu_threads = rate * cpu_ms / 1000
     svc = SOURCES["service_fps_per_instance"][0]
     min_instances = math.ceil(rate / (svc * util))
     lines += ["", "### Cloud compute", "",
               f"- **CPU only**: decode + yolo11n take {cpu_ms:.0f} ms per frame on one thread "
-              f"({SOURCES['cpu_decode_ms'][1]}; {SOURCES['cpu_detect_ms'][1]}): "
+              f"({default['package']} decode {m['decode_ms_median']:.0f} ms measured here, "
+              f"1 thread, batch 1; {SOURCES['cpu_detect_ms'][1]}): "
               f"**{cpu_threads:,.0f} busy CPU threads** for the fleet, "
               f"{cpu_threads / util:,.0f} at {util:.0%} utilisation. Not a design: GPUs.",
               f"- **The service itself** (gRPC, container checks, batching, commit, acks) "

@@ -457,3 +457,7 @@ def test_capacity_model_is_current() -> None:
                if p.kind == "base"}
     assert {p["package"]: p["digest"] for p in measured["rate_points"]} == shipped, \
         "the shipped base packages changed: re-run scripts/capacity.py measure and render"
+    from icm_codec.registry import default_package
+
+    assert measured["default_package"] == default_package("base").stem, \
+        "the default base changed: re-run scripts/capacity.py measure and render"
