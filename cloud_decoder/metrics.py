@@ -51,7 +51,7 @@ class CloudMetrics:
         self.enhancement_requests = Counter("icm_cloud_enhancement_requests", "Human-view "
                                             "requests", ["outcome"], registry=r)
         self.enhancement_seconds = Histogram("icm_cloud_enhancement_seconds", "Human-view "
-                                             "latency (edge round trip + fusion decode)",
+                                             "latency (edge round trip + human-image decode)",
                                              buckets=b, registry=r)
         self.active_sessions = Gauge("icm_cloud_active_sessions", "Edge streams connected",
                                      registry=r)

@@ -1,8 +1,8 @@
 """Human-view requests as jobs: the cloud's ``GetHumanView`` may take seconds (it asks the
 camera's edge for the enhancement layer over the camera's stream, the edge may have to encode
-it, then the cloud decodes with feature fusion). The page starts a job and polls it, so it can
-show progress, and a second click or a second analyst joins the same job instead of asking the
-edge again.
+it, then the cloud decodes the human image from both layers). The page starts a job and polls
+it, so it can show progress, and a second click or a second analyst joins the same job instead
+of asking the edge again.
 """
 
 from __future__ import annotations
