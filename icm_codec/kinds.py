@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["KIND_ALIASES", "LayerKind"]
+__all__ = ["HUMAN_LAYER_KINDS", "KIND_ALIASES", "LayerKind"]
 
 
 class LayerKind(enum.IntEnum):
@@ -54,3 +54,7 @@ class LayerKind(enum.IntEnum):
 
 
 KIND_ALIASES: dict[str, LayerKind] = {"dc": LayerKind.RESIDUAL}
+
+#: What the enhancement (human) layer of a frame may be coded with: every kind that refines a
+#: base (feature fusion, or difference compression); either decodes the human image.
+HUMAN_LAYER_KINDS: tuple[LayerKind, ...] = tuple(k for k in LayerKind if k.needs_parent)

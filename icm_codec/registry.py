@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ModelPackageError
-from .kinds import LayerKind
+from .kinds import HUMAN_LAYER_KINDS, LayerKind
 
 __all__ = ["HUMAN_LAYER_KINDS", "PackageInfo", "default_package", "find_package", "list_packages",
            "search_dirs"]
@@ -57,11 +57,6 @@ def list_packages(dirs: list[Path] | None = None) -> list[PackageInfo]:
                 if info is not None:
                     out.append(info)
     return out
-
-
-#: What the enhancement (human) layer of a frame may be coded with: the feature-fusion layer or
-#: the difference-compression (residual) layer; both refine one base and decode the human image.
-HUMAN_LAYER_KINDS: tuple[LayerKind, ...] = (LayerKind.ENHANCEMENT, LayerKind.RESIDUAL)
 
 
 def find_package(name: str | os.PathLike[str],

@@ -1,0 +1,84 @@
+"""What one human view costs in time: the edge's enhancement-layer encode and the cloud's
+human-image decode, per human-layer package on its base (fusion and DC differ: DC decodes the
+machine image on both sides), on real frames of the shared clip. Prints a Markdown table of
+medians; run it alone (one thread by default, as the edge runs).
+
+    python scripts/bench_human_view.py [--packages ID...] [--frames 5] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _frames(video: Path, n: int, start: int) -> list:
+    import cv2
+    import numpy as np
+
+    cap = cv2.VideoCapture(str(video))
+    cap.set(cv2.CAP_PROP_POS_FRAMES, start)
+    out = []
+    while len(out) < n:
+        ok, bgr = cap.read()
+        if not ok:
+            break
+        out.append(np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)))
+    if not out:
+        raise SystemExit(f"no frames read from {video}")
+    return out
+
+
+def main() -> None:
+    shared = Path(os.environ.get("ICM_SHARED_DIR", ROOT.parent / "shared"))
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--packages", nargs="*", help="human-layer packages (default: every shipped "
+                    "enhancement and residual package)")
+    ap.add_argument("--video", default=str(shared / "data" / "video" / "vtest.avi"))
+    ap.add_argument("--start", type=int, default=715, help="first frame (715: the held-out tail)")
+    ap.add_argument("--frames", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+
+    import torch
+
+    from icm_codec import ScalableCodec, load_package
+    from icm_codec.registry import HUMAN_LAYER_KINDS, find_package, list_packages
+
+    torch.set_num_threads(args.threads)
+    frames = _frames(Path(args.video), args.frames, args.start)
+    kinds = {k.label for k in HUMAN_LAYER_KINDS}
+    ids = args.packages or [p.model_id for p in list_packages() if p.kind in kinds]
+    h, w = frames[0].shape[:2]
+    print(f"{len(frames)} frames of {Path(args.video).name} from {args.start}, {w}×{h}, "
+          f"{args.threads} thread(s), medians\n")
+    print("| package | kind | base | layer bpp | edge encode ms | cloud decode ms |")
+    print("|---|---|---|---|---|---|")
+    for mid in ids:
+        layer = load_package(find_package(mid, HUMAN_LAYER_KINDS))
+        base = load_package(find_package(layer.config.base_digest[:16], "base"))
+        codec = ScalableCodec(base, layer)
+        enc, dec, bpp = [], [], []
+        for i, img in enumerate(frames):
+            b = codec.encode_base(img, frame_id=i + 1)
+            if i == 0:
+                codec.decode_human(b, codec.encode_enhancement(img, b))  # warm-up
+            t0 = time.perf_counter()
+            e = codec.encode_enhancement(img, b)
+            t1 = time.perf_counter()
+            codec.decode_human(b, e)
+            dec.append(time.perf_counter() - t1)
+            enc.append(t1 - t0)
+            bpp.append(8 * len(e) / (w * h))
+        print(f"| {layer.config.model_id} | {layer.config.kind} | {base.config.model_id} | "
+              f"{statistics.mean(bpp):.3f} | {1000 * statistics.median(enc):.0f} | "
+              f"{1000 * statistics.median(dec):.0f} |")
+
+
+if __name__ == "__main__":
+    main()
