@@ -274,14 +274,15 @@ def add_config_flags(parser: argparse.ArgumentParser | Any, cls: type, *,
             if found is None:
                 raise TypeError(f"config field {f.name!r} ({f.type}) needs flag(type=...)")
             convert = found
-        if default is _MISSING:
+        missing = default is _MISSING
+        if missing:
             default = None  # with a variable, config_from_args asks for the flag or it
         elif spec.show is not None:
             default = spec.show(default)  # a string: argparse converts it after parsing
         add_env_flag(where, *_option_strings(f, spec), help=spec.help, env=env, default=default,
                      type=convert, choices=spec.choices, nargs=spec.nargs, append=spec.append,
                      metavar=spec.metavar, switch=switch,
-                     required=_default(f) is _MISSING and not env, dest=f.name,
+                     required=missing and not env, dest=f.name,
                      environ=environ)
 
 

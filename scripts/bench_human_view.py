@@ -17,23 +17,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _frames(video: Path, n: int, start: int) -> list:
-    import cv2
-    import numpy as np
-
-    cap = cv2.VideoCapture(str(video))
-    cap.set(cv2.CAP_PROP_POS_FRAMES, start)
-    out = []
-    while len(out) < n:
-        ok, bgr = cap.read()
-        if not ok:
-            break
-        out.append(np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)))
-    if not out:
-        raise SystemExit(f"no frames read from {video}")
-    return out
-
-
 def main() -> None:
     shared = Path(os.environ.get("ICM_SHARED_DIR", ROOT.parent / "shared"))
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -49,9 +32,13 @@ def main() -> None:
 
     from icm_codec import ScalableCodec, load_package
     from icm_codec.registry import HUMAN_LAYER_KINDS, find_package, list_packages
+    from icm_eval.data import sample_video
 
     torch.set_num_threads(args.threads)
-    frames = _frames(Path(args.video), args.frames, args.start)
+    # read in order, not seeked to (seeking in MPEG-4 AVI lands on key frames)
+    frames = [im.image for im in sample_video(args.video, args.frames,
+                                              frame_range=(args.start,
+                                                           args.start + args.frames)).images]
     kinds = {k.label for k in HUMAN_LAYER_KINDS}
     ids = args.packages or [p.model_id for p in list_packages() if p.kind in kinds]
     h, w = frames[0].shape[:2]
