@@ -28,15 +28,24 @@ def psnr(mse: float | Tensor) -> float:
     return 99.0 if mse <= 1e-10 else 10 * math.log10(1.0 / mse)
 
 
-def rate_distortion_loss(out: dict, x: Tensor, lmbda: float, mask: Tensor | None = None
-                         ) -> dict[str, Tensor]:
-    """Loss terms for one batch; ``mask`` (N,1,H,W in {0,1}) restricts the distortion."""
+def rate_distortion_loss(out: dict, x: Tensor, lmbda: float, mask: Tensor | None = None,
+                         z_weight: float = 1.0) -> dict[str, Tensor]:
+    """Loss terms for one batch; ``mask`` (N,1,H,W in {0,1}) restricts the distortion.
+
+    ``z_weight`` scales the hyper-latent's rate in the loss only (``bpp`` stays the whole
+    estimate): below 1 early in a run it lets z grow large enough to carry information before
+    it pays its full price (``TrainConfig.z_rate_ramp``).
+    """
     n, _, h, w = x.shape
-    bpp = bpp_of(out["likelihoods"], n * h * w)
+    liks = out["likelihoods"]
+    bpp = bpp_of(liks, n * h * w)
+    rate = bpp
+    if z_weight != 1.0 and "z" in liks:
+        rate = bpp - (1.0 - z_weight) * bpp_of({"z": liks["z"]}, n * h * w)
     err = (out["x_hat"] - x).pow(2)
     mse_full = err.mean()
     # mse(x⊙m, x̂⊙m): masked pixels count, others are free (normalised by all pixels, as in
     # the paper's formulation)
     mse = (err * mask).mean() if mask is not None else mse_full
-    loss = bpp + lmbda * 255**2 * mse
+    loss = rate + lmbda * 255**2 * mse
     return {"loss": loss, "bpp": bpp, "mse": mse, "mse_full": mse_full}

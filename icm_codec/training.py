@@ -29,7 +29,7 @@ from .losses import rate_distortion_loss
 from .models import LayerCodec
 
 __all__ = ["DENSITY_LR_SCALE", "LRSchedule", "WeightEMA", "fit_steps", "make_optimizers",
-           "random_crops", "refit_density", "train_step"]
+           "random_crops", "refit_density", "train_step", "z_rate_weight"]
 
 DENSITY_LR_SCALE = 1.0  # z density during training, times the main rate (see the module doc)
 
@@ -122,6 +122,18 @@ class LRSchedule:
         return LRSchedule(**d)
 
 
+def z_rate_weight(step: int, ramp: int) -> float:
+    """Weight of z's rate in the loss at ``step``: 0 → 1 linearly over the first ``ramp``
+    steps (1 throughout when ``ramp`` is 0).
+
+    A hyperprior whose z shrank to the median (the rounded z of almost every position is 0)
+    gets no gradient that pays for carrying information again: any spread costs z-rate at once
+    and helps y only once it survives the quantisation noise. Free z early in a run lets it
+    spread first; the full price returns by the end of the ramp.
+    """
+    return 1.0 if ramp <= 0 else min(1.0, step / ramp)
+
+
 class WeightEMA:
     """Exponential moving average of a model's floating-point parameters.
 
@@ -205,11 +217,12 @@ def refit_density(model: LayerCodec, zs: list[Tensor], steps: int = 400, lr: flo
 
 def train_step(model: LayerCodec, opt: torch.optim.Optimizer, aux_opt: torch.optim.Optimizer,
                x: Tensor, lmbda: float, *, reference: Tensor | None = None,
-               mask: Tensor | None = None, clip: float = 1.0) -> dict[str, Tensor]:
+               mask: Tensor | None = None, clip: float = 1.0, z_weight: float = 1.0
+               ) -> dict[str, Tensor]:
     """One rate-distortion step and one auxiliary (quantile) step; returns the loss terms
-    (detached) with ``aux``."""
+    (detached) with ``aux``. ``z_weight``: see :func:`rate_distortion_loss`."""
     out = model(x, reference)
-    terms = rate_distortion_loss(out, x, lmbda, mask)
+    terms = rate_distortion_loss(out, x, lmbda, mask, z_weight)
     opt.zero_grad(set_to_none=True)
     terms["loss"].backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), clip)

@@ -26,27 +26,19 @@ OPTIONS = ("plain", "channels_last", "compile")
 
 def _setup(option: str, arch: str, lmbda: float, batch: int, crop: int):
     from icm_codec import CodecConfig, create_model
-    from icm_codec.losses import rate_distortion_loss
-    from icm_codec.training import make_optimizers
+    from icm_codec.training import make_optimizers, train_step
 
     torch.manual_seed(0)
     model = create_model(CodecConfig(kind="single", arch=arch)).train()
     opt, aux_opt = make_optimizers(model, 1e-4)
     fmt = torch.channels_last if option == "channels_last" else torch.contiguous_format
     model = model.to(memory_format=fmt)
+    # a compiled module passes parameters() and aux_loss() through to the model it wraps
     forward = torch.compile(model) if option == "compile" else model
     x = torch.rand(batch, 3, crop, crop).contiguous(memory_format=fmt)
 
     def step() -> None:
-        out = forward(x)
-        loss = rate_distortion_loss(out, x, lmbda)["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        aux = model.aux_loss()
-        aux_opt.zero_grad()
-        aux.backward()
-        aux_opt.step()
+        train_step(forward, opt, aux_opt, x, lmbda)  # icm train's step, clipping included
 
     return step
 

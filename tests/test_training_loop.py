@@ -15,7 +15,8 @@ from PIL import Image
 
 from icm_codec import CodecConfig, create_model
 from icm_codec.latent import L_MIN, LOG_SCALE_FRAC, floor_log_scale
-from icm_codec.training import LRSchedule, WeightEMA, make_optimizers, set_lr
+from icm_codec.losses import bpp_of, rate_distortion_loss
+from icm_codec.training import LRSchedule, WeightEMA, make_optimizers, set_lr, z_rate_weight
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -142,6 +143,27 @@ def test_noisy_z_shows_a_small_z_to_the_hyper_decoder() -> None:
     z = coder.h_a(y).detach()
     assert float((noisy - z).abs().max()) <= 0.5
     assert float((noisy - medians).abs().mean()) > 0.1
+
+def test_z_rate_ramp_frees_z_early_and_charges_it_in_full_later() -> None:
+    """``--z-rate-ramp``: z's rate weighs 0 → 1 in the loss over the ramp; the reported bpp
+    is always the whole estimate, and at weight 0 nothing in the loss pulls on z's density."""
+    assert [z_rate_weight(s, 600) for s in (0, 300, 600, 5000)] == [0.0, 0.5, 1.0, 1.0]
+    assert z_rate_weight(0, 0) == 1.0
+    torch.manual_seed(0)
+    model = _small().train()
+    x = torch.rand(1, 3, 64, 64)
+    out = model(x)
+    full = rate_distortion_loss(out, x, 0.05)
+    free = rate_distortion_loss(out, x, 0.05, z_weight=0.0)
+    bpp_z = bpp_of({"z": out["likelihoods"]["z"]}, 64 * 64)
+    assert torch.allclose(free["bpp"], full["bpp"])
+    assert float(bpp_z) > 0.005
+    assert abs(float(full["loss"] - free["loss"] - bpp_z)) < 1e-3
+    free["loss"].backward()
+    density = [p for n, p in model.coder.entropy_bottleneck.named_parameters()
+               if n != "quantiles"]
+    assert all(p.grad is None or float(p.grad.abs().max()) == 0.0 for p in density)
+
 
 # -- defect 3: a step-based schedule that a resume cannot move -------------------------------
 def test_schedule_is_step_based() -> None:

@@ -43,6 +43,7 @@ from ..training import (
     refit_density,
     set_lr,
     train_step,
+    z_rate_weight,
 )
 from .config import TrainConfig
 from .data import VIDEO_EXTS, Sample, load_dataset
@@ -392,7 +393,8 @@ def _train(cfg: TrainConfig, out: Path, progress: bool) -> Path:
             x, m = batches.next(cfg.batch)
             x, m = x.to(cfg.device), m.to(cfg.device)
             terms = train_step(model, opt, aux_opt, x, cfg.lmbda, reference=ref(x),
-                               mask=m if use_mask else None, clip=cfg.clip)
+                               mask=m if use_mask else None, clip=cfg.clip,
+                               z_weight=z_rate_weight(step, cfg.z_rate_ramp))
             ema.update(model)
             step += 1
             wall += time.monotonic() - t0
