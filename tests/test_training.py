@@ -96,9 +96,17 @@ def test_train_resume_and_export(tmp_path: Path, photos) -> None:
             "--batch", "2", "--crop", "64", "--val-every", "3", "--out", str(run)]
     assert main(args) == 0
     assert (run / "last.pt").is_file() and (run / "model.icmpkg").is_file()
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert all(0 < float(r["val_z_share"]) < 1 for r in rows if r["val_bpp"])  # z's rate share
+    # a log begun by an older version (without that column) keeps its own columns on resume
+    old = [r[:-2] + r[-1:] for r in csv.reader((run / "metrics.csv").open())]
+    with (run / "metrics.csv").open("w", newline="") as f:
+        csv.writer(f).writerows(old)
     # asking for more steps resumes from the checkpoint instead of starting again
     args[args.index("6")] = "9"
     assert main(args) == 0
+    table = list(csv.reader((run / "metrics.csv").open()))
+    assert "val_z_share" not in table[0] and {len(r) for r in table} == {len(table[0])}
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     assert [int(r["step"]) for r in rows if r["val_bpp"]] == [3, 6, 9]
     pkg = load_package(run / "model.icmpkg")

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from ..config import CodecConfig
 from ..kinds import LayerKind
-from ..losses import psnr, rate_distortion_loss
+from ..losses import bpp_of, psnr, rate_distortion_loss
 from ..models import LayerCodec, base_reference, create_model
 from ..package import load_package, save_package
 from ..registry import find_package
@@ -243,12 +243,13 @@ def _build(cfg: TrainConfig) -> tuple[LayerCodec, LayerCodec | None]:
 def _validate(model: LayerCodec, ref: _Reference, val: list, lmbda: float, device: str
               ) -> dict[str, float]:
     model.eval()
-    bpps, mses, masked = [], [], []
+    bpps, z_bpps, mses, masked = [], [], [], []
     for x, m in val:
         x, m = x.to(device), m.to(device)
         out = model(x, ref(x))
         t = rate_distortion_loss(out, x, lmbda)
         bpps.append(float(t["bpp"]))
+        z_bpps.append(float(bpp_of({"z": out["likelihoods"]["z"]}, x.shape[-2] * x.shape[-1])))
         err = (out["x_hat"].clamp(0, 1) - x).pow(2)
         mses.append(float(err.mean()))
         denom = float(m.sum()) * 3
@@ -257,12 +258,25 @@ def _validate(model: LayerCodec, ref: _Reference, val: list, lmbda: float, devic
     model.train()
     if not bpps:
         return {}
+    # z's share of the rate: near 0 when the hyperprior has collapsed (docs/training.md)
     return {"val_bpp": float(np.mean(bpps)), "val_psnr": float(np.mean([psnr(v) for v in mses])),
-            "val_psnr_mask": float(np.mean([psnr(v) for v in masked])) if masked else math.nan}
+            "val_psnr_mask": float(np.mean([psnr(v) for v in masked])) if masked else math.nan,
+            "val_z_share": float(np.sum(z_bpps) / max(np.sum(bpps), 1e-12))}
 
 
 _LOG_FIELDS = ("step", "loss", "bpp", "mse", "psnr", "lr", "aux", "val_bpp", "val_psnr",
-               "val_psnr_mask")
+               "val_psnr_mask", "val_z_share")
+
+
+def _log_fields(path: Path) -> tuple[str, ...]:
+    """The columns of ``metrics.csv``: a resumed run keeps the header its file began with (a
+    run started by an older version goes on without the columns added since)."""
+    if path.is_file():
+        with path.open(newline="") as f:
+            header = next(csv.reader(f), None)
+        if header and header[-1] == "wall_s":
+            return tuple(header[:-1])
+    return _LOG_FIELDS
 
 
 def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
@@ -358,11 +372,12 @@ def _train(cfg: TrainConfig, out: Path, progress: bool) -> Path:
     use_mask = cfg.kind == "base" and cfg.mask_kind() != "full"
 
     log_path = out / "metrics.csv"
+    fields = _log_fields(log_path)
     new_log = not log_path.is_file()
     log_f = log_path.open("a", newline="")
     log = csv.writer(log_f)
     if new_log:
-        log.writerow([*_LOG_FIELDS, "wall_s"])
+        log.writerow([*fields, "wall_s"])
 
     def checkpoint() -> None:
         tmp = ckpt_path.with_suffix(".tmp")
@@ -407,7 +422,7 @@ def _train(cfg: TrainConfig, out: Path, progress: bool) -> Path:
                 bar.write(f"step {step}: " + ", ".join(
                     f"{k}={v:.4g}" for k, v in row.items() if k.startswith("val")))
             if step % 10 == 0 or "val_bpp" in row:
-                log.writerow([row.get(k, "") for k in _LOG_FIELDS] + [f"{wall:.1f}"])
+                log.writerow([row.get(k, "") for k in fields] + [f"{wall:.1f}"])
                 log_f.flush()
             bar.set_postfix(loss=f"{row['loss']:.3g}", bpp=f"{row['bpp']:.3f}", psnr=f"{p:.2f}")
             bar.update(1)
