@@ -388,6 +388,12 @@ def test_edge_streams_to_cloud_through_containers(engine, images, tmp_path) -> N
         out = console.exec_run(["python", "-c", "import importlib.util as u; "
                                 "print(u.find_spec('torch') is None)"]).output.decode()
         assert out.strip() == "True", f"the console image has torch: {out}"
+        # nor the codec's packages or adapted detectors, which it never loads
+        out = console.exec_run(["python", "-c", "import importlib.util as u, pathlib; print(["
+                                "str(p) for m in ('icm_codec', 'analytics') for p in pathlib.Path("
+                                "u.find_spec(m).origin).parent.rglob('*') "
+                                "if p.suffix in ('.icmpkg', '.pt')])"]).output.decode()
+        assert out.strip() == "[]", f"the console image carries weights: {out}"
         # non-root, read-only root filesystem, writable only where the deployment says
         for c in (cloud, edge, console):
             c.reload()
