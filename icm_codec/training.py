@@ -128,8 +128,10 @@ def z_rate_weight(step: int, ramp: int) -> float:
 
     A hyperprior whose z shrank to the median (the rounded z of almost every position is 0)
     gets no gradient that pays for carrying information again: any spread costs z-rate at once
-    and helps y only once it survives the quantisation noise. Free z early in a run lets it
-    spread first; the full price returns by the end of the ramp.
+    and helps y only once it survives the quantisation noise. Free z early in a run is meant
+    to let it spread first; the full price returns by the end of the ramp. Measured: a ramp
+    does not revive a trunk that has already collapsed (docs/training.md); from scratch it is
+    untested.
     """
     return 1.0 if ramp <= 0 else min(1.0, step / ramp)
 

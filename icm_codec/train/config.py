@@ -53,7 +53,8 @@ class TrainConfig:
                                    help="learning rate of the z density, times the main rate")
     z_noise: bool = flag(False,  # the hyperprior's dead zone: docs/training.md
                          help="the hyper decoder sees z + uniform noise in training, not round(z)")
-    z_rate_ramp: int = flag(0,  # revives a collapsed hyperprior: docs/training.md
+    z_rate_ramp: int = flag(0,  # against the hyperprior's collapse; it does not revive a
+                            # collapsed one (measured, docs/training.md)
                             help="z's rate counts in the loss with a weight rising linearly "
                                  "from 0 to 1 over the run's first Z_RATE_RAMP steps")
     ema: float = flag(0.999,  # validation and export use the moving average of the weights
