@@ -37,15 +37,12 @@ def rate_distortion_loss(out: dict, x: Tensor, lmbda: float, mask: Tensor | None
     it pays its full price (``TrainConfig.z_rate_ramp``).
     """
     n, _, h, w = x.shape
-    liks = out["likelihoods"]
-    bpp = bpp_of(liks, n * h * w)
-    rate = bpp
-    if z_weight != 1.0 and "z" in liks:
-        rate = bpp - (1.0 - z_weight) * bpp_of({"z": liks["z"]}, n * h * w)
+    bpp = bpp_of(out["likelihoods"], n * h * w)
+    bpp_z = bpp_of({"z": out["likelihoods"]["z"]}, n * h * w)
     err = (out["x_hat"] - x).pow(2)
     mse_full = err.mean()
     # mse(x⊙m, x̂⊙m): masked pixels count, others are free (normalised by all pixels, as in
     # the paper's formulation)
     mse = (err * mask).mean() if mask is not None else mse_full
-    loss = rate + lmbda * 255**2 * mse
-    return {"loss": loss, "bpp": bpp, "mse": mse, "mse_full": mse_full}
+    loss = bpp - (1.0 - z_weight) * bpp_z + lmbda * 255**2 * mse
+    return {"loss": loss, "bpp": bpp, "bpp_z": bpp_z, "mse": mse, "mse_full": mse_full}

@@ -156,6 +156,7 @@ def test_z_rate_ramp_frees_z_early_and_charges_it_in_full_later() -> None:
     full = rate_distortion_loss(out, x, 0.05)
     free = rate_distortion_loss(out, x, 0.05, z_weight=0.0)
     bpp_z = bpp_of({"z": out["likelihoods"]["z"]}, 64 * 64)
+    assert torch.allclose(full["bpp_z"], bpp_z)
     assert torch.allclose(free["bpp"], full["bpp"])
     assert float(bpp_z.detach()) > 0.005
     assert abs(float((full["loss"] - free["loss"] - bpp_z).detach())) < 1e-3

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from ..config import CodecConfig
 from ..kinds import LayerKind
-from ..losses import bpp_of, psnr, rate_distortion_loss
+from ..losses import psnr, rate_distortion_loss
 from ..models import LayerCodec, base_reference, create_model
 from ..package import load_package, save_package
 from ..registry import find_package
@@ -249,7 +249,7 @@ def _validate(model: LayerCodec, ref: _Reference, val: list, lmbda: float, devic
         out = model(x, ref(x))
         t = rate_distortion_loss(out, x, lmbda)
         bpps.append(float(t["bpp"]))
-        z_bpps.append(float(bpp_of({"z": out["likelihoods"]["z"]}, x.shape[-2] * x.shape[-1])))
+        z_bpps.append(float(t["bpp_z"]))
         err = (out["x_hat"].clamp(0, 1) - x).pow(2)
         mses.append(float(err.mean()))
         denom = float(m.sum()) * 3
