@@ -11,6 +11,8 @@ from .kinds import LayerKind
 
 __all__ = ["ARCHS", "KINDS", "CodecConfig"]
 
+_ADDED_LATER = {"spatial_context": False}  # field -> the value older packages mean
+
 KINDS = tuple(k.label for k in LayerKind)
 ARCHS = ("lite", "gdn", "tcm")
 
@@ -29,6 +31,8 @@ class CodecConfig:
         n_slices: slices n of the base latent (the paper: 5 of 64 channels).
         m: slices coded by the enhancement layer (1 <= m <= n_slices); ignored by other kinds.
         hyper_channels, feature_channels, context_channels: entropy-model widths.
+        spatial_context: each slice coded in two checkerboard passes, the second conditioned
+            on the first (:mod:`icm_codec.latent`); older packages have none.
         model_id: stable name written into every bitstream (e.g. ``base-lite-q2``).
         base_digest: for enhancement/residual codecs, digest of the base package they refine.
         meta: free-form training record (data, steps, lambda, mask, wall time, device).
@@ -43,6 +47,7 @@ class CodecConfig:
     hyper_channels: int = 128
     feature_channels: int = 192
     context_channels: int = 64
+    spatial_context: bool = False
     model_id: str = ""
     base_digest: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
@@ -79,7 +84,14 @@ class CodecConfig:
         return self.layer_kind.needs_parent
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        """The JSON saved in packages (and hashed into their digest). Fields added later are
+        written only when they differ from their default, so older packages keep their
+        digest, which every bitstream carries as the model's identity."""
+        d = dataclasses.asdict(self)
+        for name, default in _ADDED_LATER.items():
+            if d[name] == default:
+                del d[name]
+        return json.dumps(d, sort_keys=True)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CodecConfig:

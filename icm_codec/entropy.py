@@ -13,7 +13,7 @@ from torch import Tensor
 
 from .errors import BitstreamError
 
-__all__ = ["RansTables"]
+__all__ = ["RansStream", "RansTables"]
 
 # Upper bound on how far CompressAI's decoder can read past a stream (it does no bounds checks):
 # one 32-bit word per symbol, and at most 16x the stream length through chains of bypass codes
@@ -45,12 +45,33 @@ class RansTables:
 
     def decode(self, data: bytes, indexes: Tensor) -> Tensor:
         """Decode as many symbols as ``indexes`` holds; returns int32 of the same shape."""
+        return self.stream(data, indexes.numel()).decode(indexes)
+
+    def stream(self, data: bytes, n_symbols: int) -> RansStream:
+        """A decoder that reads ``data``'s ``n_symbols`` symbols in several calls, for coders
+        whose later tables depend on earlier symbols (a checkerboard's second pass)."""
+        return RansStream(self, data, n_symbols)
+
+
+class RansStream:
+    """One rANS string decoded in parts, in the order it was encoded (at most ``n_symbols``)."""
+
+    def __init__(self, tables: RansTables, data: bytes, n_symbols: int) -> None:
+        self._tables = tables
+        self._left = n_symbols
+        pad = _PAD_FIXED + _PAD_PER_BYTE * len(data) + _PAD_PER_SYMBOL * n_symbols
+        self._decoder = RansDecoder()
+        self._decoder.set_stream(bytes(data) + bytes(pad))
+
+    def decode(self, indexes: Tensor) -> Tensor:
+        """The next ``indexes.numel()`` symbols; int32 of the same shape as ``indexes``."""
+        t = self._tables
         idx = indexes.reshape(-1).to(torch.int32)
-        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.n_tables):
+        if idx.numel() > self._left:
+            raise ValueError("more symbols requested than the stream was opened for")
+        self._left -= idx.numel()
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= t.n_tables):
             raise BitstreamError("entropy table index out of range")
-        pad = _PAD_FIXED + _PAD_PER_BYTE * len(data) + _PAD_PER_SYMBOL * idx.numel()
-        padded = bytes(data) + bytes(pad)
-        out = RansDecoder().decode_with_indexes(padded, idx.tolist(), self._cdf, self._len,
-                                                 self._off)
+        out = self._decoder.decode_stream(idx.tolist(), t._cdf, t._len, t._off)
         arr = np.asarray(out, dtype=np.int32)
         return torch.from_numpy(arr).reshape(indexes.shape)

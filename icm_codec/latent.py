@@ -9,6 +9,13 @@
     slice k:  [f, ŷ_1..ŷ_{k-1}] ──cc_k (integer net)──► μ_k (1/256 grid), log σ_k (1/8 grid)
               ŷ_k = round(y_k − μ_k) + μ_k ─[GaussianConditional: slice-k string]
 
+With ``spatial_context`` each slice is coded in two passes over a checkerboard (He et al.,
+"Checkerboard Context Model for Efficient Learned Image Compression", CVPR 2021): the anchors
+((i + j) even) with the parameters above, then the other half with those parameters plus a
+correction that a small integer net sp_k computes from the decoded anchors of the same slice.
+Both passes go into the slice's one substream (anchors first). sp_k's output layers start at
+zero, so a package warm-started from one without it codes exactly as that package did.
+
 Minnen & Singh, "Channel-wise autoregressive entropy models for learned image compression"
 (ICIP 2020), without latent residual prediction (a float network there would break exactness).
 Everything below the dashed arrows of ``h_s`` and ``cc_k`` runs as exact integer arithmetic when
@@ -28,7 +35,8 @@ from .entropy import RansTables
 from .errors import BitstreamError
 from .intnet import ACT_FRAC, IN_BITS, IntConv2d, fake_quant_input, ste_round, to_int_input
 
-__all__ = ["MEAN_FRAC", "SCALE_TABLE", "ChannelConditionalCoder", "floor_log_scale"]
+__all__ = ["MEAN_FRAC", "SCALE_TABLE", "ChannelConditionalCoder", "anchor_mask",
+           "floor_log_scale"]
 
 MEAN_FRAC = 8  # means on a 1/256 grid: ŷ = symbol + μ_int / 256 is exact in float32
 LOG_SCALE_FRAC = 3  # log σ on a 1/8 grid: table index = clamp(L_int − L_MIN, 0, T − 1)
@@ -69,19 +77,54 @@ def _conv(cin: int, cout: int, k: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2)
 
 
+def anchor_mask(h: int, w: int, device: torch.device | str = "cpu") -> Tensor:
+    """(1, 1, h, w) checkerboard: True where (i + j) is even (the anchors, coded first)."""
+    i = torch.arange(h, device=device).view(h, 1)
+    j = torch.arange(w, device=device).view(1, w)
+    return ((i + j) % 2 == 0).view(1, 1, h, w)
+
+
+def _heads(hidden: int, slice_channels: int) -> tuple[IntConv2d, IntConv2d]:
+    """1x1 integer layers hidden -> mean (1/256 grid) and log-scale (1/8 grid)."""
+    mean = IntConv2d(hidden, slice_channels, 1, relu=False, out_frac=MEAN_FRAC, out_bits=24,
+                     in_bound=2.0**12)
+    log_scale = IntConv2d(hidden, slice_channels, 1, relu=False, out_frac=LOG_SCALE_FRAC,
+                          out_bits=10, in_bound=2.0**12)
+    return mean, log_scale
+
+
+class _SpatialContext(nn.Module):
+    """sp_k: decoded anchors of slice k (zero elsewhere) -> corrections of (μ, log σ) for the
+    other half of the checkerboard. Integer net; its heads start at zero (no correction)."""
+
+    def __init__(self, slice_channels: int, hidden: int) -> None:
+        super().__init__()
+        self.body = IntConv2d(slice_channels, hidden, 5, in_bound=2.0**IN_BITS)
+        self.mean, self.log_scale = _heads(hidden, slice_channels)
+        for head in (self.mean, self.log_scale):
+            nn.init.zeros_(head.weight)
+
+    def forward(self, anchors: Tensor) -> tuple[Tensor, Tensor]:
+        x = self.body(anchors)
+        return self.mean(x), self.log_scale(x)
+
+    def forward_exact(self, anchors: Tensor) -> tuple[Tensor, Tensor]:
+        x = self.body.forward_exact(anchors)
+        return self.mean.forward_exact(x), self.log_scale.forward_exact(x)
+
+
 class _SliceContext(nn.Module):
     """cc_k: hyper features and earlier slices -> (mean, log-scale) of slice k, integer net."""
 
-    def __init__(self, cin: int, slice_channels: int, hidden: int) -> None:
+    def __init__(self, cin: int, slice_channels: int, hidden: int, spatial: bool = False
+                 ) -> None:
         super().__init__()
         self.body = nn.ModuleList([
             IntConv2d(cin, hidden, 1, in_bound=2.0**IN_BITS),
             IntConv2d(hidden, hidden, 3, in_bound=2.0**12),
         ])
-        self.mean = IntConv2d(hidden, slice_channels, 1, relu=False, out_frac=MEAN_FRAC,
-                              out_bits=24, in_bound=2.0**12)
-        self.log_scale = IntConv2d(hidden, slice_channels, 1, relu=False,
-                                   out_frac=LOG_SCALE_FRAC, out_bits=10, in_bound=2.0**12)
+        self.mean, self.log_scale = _heads(hidden, slice_channels)
+        self.spatial = _SpatialContext(slice_channels, hidden) if spatial else None
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         for layer in self.body:
@@ -129,6 +172,8 @@ class ChannelConditionalCoder(nn.Module):
         hyper_channels: channels of z.
         feature_channels: channels of the hyper features f fed to every slice context.
         context_channels: hidden width of the slice contexts cc_k.
+        spatial_context: code each slice in two checkerboard passes, the second conditioned
+            on the first (see the module docstring).
     """
 
     def __init__(
@@ -138,6 +183,7 @@ class ChannelConditionalCoder(nn.Module):
         hyper_channels: int = 128,
         feature_channels: int = 192,
         context_channels: int = 64,
+        spatial_context: bool = False,
     ) -> None:
         super().__init__()
         if latent_channels % n_slices:
@@ -154,7 +200,8 @@ class ChannelConditionalCoder(nn.Module):
         self.entropy_bottleneck = EntropyBottleneck(nh)
         self.h_s = _HyperSynthesis(nh, 128, feature_channels)
         self.context = nn.ModuleList(
-            _SliceContext(feature_channels + k * s, s, context_channels) for k in range(n_slices)
+            _SliceContext(feature_channels + k * s, s, context_channels, spatial_context)
+            for k in range(n_slices)
         )
         self.gaussian_conditional = GaussianConditional(SCALE_TABLE, scale_bound=SCALE_TABLE[0])
         self._z_tables: RansTables | None = None
@@ -177,8 +224,15 @@ class ChannelConditionalCoder(nn.Module):
             z_hat = ste_round(z - medians) + medians
         feats = self.h_s(z_hat)
         y_hats, y_liks, prev = [], [], []
+        anchors = anchor_mask(y.shape[2], y.shape[3], y.device).to(y.dtype)
         for k, y_k in enumerate(y.split(self.slice_channels, dim=1)):
-            mu, log_s = self.context[k](torch.cat([feats, *prev], dim=1))
+            ctx = self.context[k]
+            mu, log_s = ctx(torch.cat([feats, *prev], dim=1))
+            if ctx.spatial is not None:
+                seen = fake_quant_input(ste_round(y_k - mu) + mu) * anchors
+                d_mu, d_log_s = ctx.spatial(seen)
+                mu = mu + d_mu * (1 - anchors)
+                log_s = log_s + d_log_s * (1 - anchors)
             log_s = floor_log_scale(log_s)
             _, lik = self.gaussian_conditional(y_k, torch.exp(log_s), mu)
             y_hat_k = ste_round(y_k - mu) + mu
@@ -215,11 +269,25 @@ class ChannelConditionalCoder(nn.Module):
     def _z_medians(self) -> Tensor:
         return self.entropy_bottleneck._get_medians().detach().float()
 
-    def _slice_params(self, ctx: _SliceContext, feats: Tensor, prev: list[Tensor]
+    @staticmethod
+    def _slice_params(ctx: _SliceContext, feats: Tensor, prev: list[Tensor]
                       ) -> tuple[Tensor, Tensor]:
-        mu_int, l_int = ctx.forward_exact(torch.cat([feats, *prev], dim=1))
-        index = (l_int - L_MIN).clamp_(0, len(SCALE_TABLE) - 1)
-        return mu_int, index
+        """First pass of slice k: exact (μ on the 1/256 grid, log σ on the 1/8 grid)."""
+        return ctx.forward_exact(torch.cat([feats, *prev], dim=1))
+
+    @staticmethod
+    def _index(l_int: Tensor) -> Tensor:
+        """Scale-table index of each log σ."""
+        return (l_int - L_MIN).clamp(0, len(SCALE_TABLE) - 1)
+
+    @staticmethod
+    def _refine(ctx: _SliceContext, sym: Tensor, mu_int: Tensor, l_int: Tensor,
+                anchors: Tensor) -> tuple[Tensor, Tensor]:
+        """Second checkerboard pass: (μ, log σ) of the non-anchors from the decoded anchors."""
+        seen = ChannelConditionalCoder._as_input(sym, mu_int) * anchors
+        d_mu, d_l = ctx.spatial.forward_exact(seen)
+        return (torch.where(anchors, mu_int, mu_int + d_mu),
+                torch.where(anchors, l_int, l_int + d_l))
 
     @staticmethod
     def _as_input(sym: Tensor, mu_int: Tensor) -> Tensor:
@@ -250,10 +318,21 @@ class ChannelConditionalCoder(nn.Module):
         feats = self.h_s.forward_exact(z_hat)
         prev: list[Tensor] = []
         y_hats = []
+        h, w = y.shape[2:]
+        anchors = anchor_mask(h, w).expand(1, self.slice_channels, h, w)
         for k, y_k in enumerate(y.split(self.slice_channels, dim=1)):
-            mu_int, index = self._slice_params(self.context[k], feats, prev)
+            ctx = self.context[k]
+            mu_int, l_int = self._slice_params(ctx, feats, prev)
             sym = torch.floor(y_k.double() - mu_int / 2**MEAN_FRAC + 0.5)
-            strings.append(y_tables.encode(sym, index))
+            if ctx.spatial is None:
+                strings.append(y_tables.encode(sym, self._index(l_int)))
+            else:
+                mu_int, l_int = self._refine(ctx, sym, mu_int, l_int, anchors)
+                sym = torch.floor(y_k.double() - mu_int / 2**MEAN_FRAC + 0.5)
+                index = self._index(l_int)
+                strings.append(y_tables.encode(
+                    torch.cat([sym[anchors], sym[~anchors]]),
+                    torch.cat([index[anchors], index[~anchors]])))
             prev.append(self._as_input(sym, mu_int))
             y_hats.append(self._dequantize(sym, mu_int))
         return strings, torch.cat(y_hats, dim=1)
@@ -283,12 +362,29 @@ class ChannelConditionalCoder(nn.Module):
         feats = self.h_s.forward_exact(z_hat.to(device))
         prev: list[Tensor] = []
         y_hats = []
+        n = len(strings)
+        anchors = anchor_mask(h, w, device).expand(n, self.slice_channels, h, w)
+        a_cpu = anchors[0].cpu()
         for k in range(self.n_slices):
-            mu_int, index = self._slice_params(self.context[k], feats, prev)
-            index_cpu = index.to("cpu", torch.int32)
-            sym = torch.stack([
-                y_tables.decode(s[k + 1], index_cpu[b]) for b, s in enumerate(strings)
-            ]).to(device)
+            ctx = self.context[k]
+            mu_int, l_int = self._slice_params(ctx, feats, prev)
+            streams = [y_tables.stream(s[k + 1], a_cpu.numel()) for s in strings]
+            if ctx.spatial is None:
+                index = self._index(l_int).to("cpu", torch.int32)
+                sym = torch.stack([st.decode(index[b]) for b, st in enumerate(streams)])
+                sym = sym.to(device)
+            else:
+                sym = torch.zeros(n, *a_cpu.shape, dtype=torch.int32)
+                index = self._index(l_int).to("cpu", torch.int32)
+                for b, st in enumerate(streams):
+                    sym[b][a_cpu] = st.decode(index[b][a_cpu])
+                sym = sym.to(device)
+                mu_int, l_int = self._refine(ctx, sym, mu_int, l_int, anchors)
+                index = self._index(l_int).to("cpu", torch.int32)
+                sym = sym.cpu()
+                for b, st in enumerate(streams):
+                    sym[b][~a_cpu] = st.decode(index[b][~a_cpu])
+                sym = sym.to(device)
             prev.append(self._as_input(sym, mu_int))
             y_hats.append(self._dequantize(sym, mu_int))
         return torch.cat(y_hats, dim=1)

@@ -65,7 +65,7 @@ class LayerCodec(nn.Module):
         self.g_a = analysis(config.arch, config.N, coded)
         self.coder = ChannelConditionalCoder(
             coded, config.coded_slices, config.hyper_channels, config.feature_channels,
-            config.context_channels,
+            config.context_channels, config.spatial_context,
         )
         synth_in = config.M if config.layer_kind is LayerKind.ENHANCEMENT else coded
         self.g_s = synthesis(config.arch, config.N, synth_in)

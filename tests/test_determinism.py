@@ -99,7 +99,8 @@ def _scale_index_spread(codec: ScalableCodec, frame: np.ndarray) -> int:
         med = model.coder._z_medians()
         z_hat = torch.floor(z - med + 0.5) + med
         feats = model.coder.h_s.forward_exact(z_hat)
-        _, index = model.coder._slice_params(model.coder.context[0], feats, [])
+        _, l_int = model.coder._slice_params(model.coder.context[0], feats, [])
+        index = model.coder._index(l_int)
     assert int(index.max()) < len(SCALE_TABLE) and L_MIN < 0
     return int(torch.unique(index).numel())
 

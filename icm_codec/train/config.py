@@ -53,6 +53,10 @@ class TrainConfig:
                                    help="learning rate of the z density, times the main rate")
     z_noise: bool = flag(False,  # the hyperprior's dead zone: docs/training.md
                          help="the hyper decoder sees z + uniform noise in training, not round(z)")
+    spatial_context: bool = flag(False,  # checkerboard: docs/training.md
+                                 help="code each latent slice in two checkerboard passes, the "
+                                      "second conditioned on the first (a warm start from a "
+                                      "package without it starts exactly where it was)")
     z_rate_ramp: int = flag(0,  # against the hyperprior's collapse; it does not revive a
                             # collapsed one (measured, docs/training.md)
                             help="z's rate counts in the loss with a weight rising linearly "

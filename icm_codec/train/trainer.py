@@ -235,6 +235,7 @@ def _build(cfg: TrainConfig) -> tuple[LayerCodec, LayerCodec | None]:
         for p in base.parameters():
             p.requires_grad_(False)
     config = CodecConfig(kind=cfg.kind, arch=cfg.arch, N=cfg.N, m=cfg.m,
+                         spatial_context=cfg.spatial_context,
                          model_id=cfg.resolved_model_id(), base_digest=digest)
     return create_model(config).to(cfg.device), base
 
