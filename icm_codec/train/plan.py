@@ -37,7 +37,7 @@ DEFAULT_PLAN = Path(__file__).resolve().parent.parent / "weights" / "plan.toml"
 SHIPPED = DEFAULT_PLAN.parent
 
 # TOML keys of a job -> `icm train` flags: a TrainConfig field's name (λ: `lambda`) and flag.
-# The plan sets the rest itself (kind, data, base, init, id, ship, after; out, device, threads).
+# The plan sets the rest itself (kind, data, base, init, id; out, device, threads).
 _SET_BY_PLAN = {"kind", "data", "base", "init", "out", "model_id", "device", "threads", "extra"}
 _FLAGS = {("lambda" if name == "lmbda" else name): flags[0]
           for name, flags in flag_names(TrainConfig).items()
@@ -55,7 +55,6 @@ class Job:
     data: list[str]
     init: str | None = None  # job id
     base: str | None = None  # job id
-    ship: bool = True
 
     @property
     def steps(self) -> int:
@@ -116,7 +115,7 @@ def load_plan(path: str | Path = DEFAULT_PLAN, device: str = "cpu",
         except ValueError as e:
             raise ValueError(f"{path}: job {jid!r}: {e}") from None
         job = Job(jid, kind, {}, list(entry.pop("data", data)), entry.pop("init", None),
-                  entry.pop("base", None), bool(entry.pop("ship", True)))
+                  entry.pop("base", None))
         settings = {**defaults, **entry, **profile}
         unknown = set(settings) - set(_FLAGS)
         if unknown:
