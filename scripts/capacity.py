@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import sys
 import tempfile
 import time
@@ -70,14 +69,10 @@ def measure(video: Path, detectors: Path, frames: int) -> dict:
     out: dict = {"video": video.name, "width": w, "height": h, "frames": len(images),
                  "measured_at": time.strftime("%Y-%m-%d"), "torch_threads": 1,
                  "rate_points": []}
-    def lam(model_id: str) -> float:
-        m = re.search(r"-l([0-9.]+)$", model_id)
-        return float(m.group(1)) if m else math.inf
-
-    bases = sorted((p for p in list_packages() if p.kind == "base"),
-                   key=lambda p: lam(p.model_id))
+    bases = sorted((p for p in list_packages() if p.kind == "base"), key=lambda p: p.model_id)
     for pkg in bases:
         codec = ScalableCodec.load(pkg.path)
+        lmbda = codec.base.model.config.meta.get("lambda")  # the training record's λ
         codec.encode_base(images[0], frame_id=0)   # warm-up
         sizes, times = [], []
         for i, img in enumerate(images):
@@ -86,10 +81,11 @@ def measure(video: Path, detectors: Path, frames: int) -> dict:
             times.append(time.perf_counter() - t0)
         mean = sum(sizes) / len(sizes)
         out["rate_points"].append({
-            "package": pkg.model_id, "digest": pkg.digest, "lambda": lam(pkg.model_id),
+            "package": pkg.model_id, "digest": pkg.digest, "lambda": lmbda,
             "bytes_per_frame": round(mean),
             "bpp": round(8 * mean / (w * h), 4),
             "encode_ms_median": round(1000 * sorted(times)[len(times) // 2], 1)})
+    out["rate_points"].sort(key=lambda r: (r["lambda"] is None, r["lambda"] or 0, r["package"]))
     from analytics import Detector
 
     det = Detector("yolo11n", weights_dir=str(detectors))

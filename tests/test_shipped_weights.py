@@ -48,12 +48,15 @@ def test_the_edge_codes_its_enhancement_layer_with_a_dc_package_too(photos) -> N
     clear error."""
     from edge_encoder.encoder import EdgeEncoder
     from icm_codec import ModelPackageError
-    from icm_codec.registry import HUMAN_LAYER_KINDS, find_package
+    from icm_codec.registry import HUMAN_LAYER_KINDS, default_package, find_package
 
     infos = list_packages([SHIPPED_DIR])
-    dc = next((i for i in infos if i.kind == "residual"), None)
-    if dc is None:
+    dcs = [i for i in infos if i.kind == "residual"]
+    if not dcs:
         pytest.skip("no residual package shipped")
+    # the default human layer when it is a DC package (the strongest shipped), else any
+    default = default_package("enhancement").resolve()
+    dc = next((i for i in dcs if i.path.resolve() == default), dcs[0])
     parent = load_package(dc.path).config.base_digest
     base = next(i for i in infos if i.digest == parent)
     edge = EdgeEncoder(base=base.model_id, enhancement=dc.model_id, mode="eager")
