@@ -5,7 +5,8 @@ compares ŷ bit for bit and the images pixel by pixel against the CPU decoder.
 
     python scripts/check_cuda_exact.py --base B.icmpkg [--enhancement E.icmpkg] [IMAGES...]
 
-Without packages it trains a small base for ``--steps`` steps first (realistic scale spread).
+Without packages it trains a small base for ``--steps`` steps first (realistic scale spread),
+with the checkerboard spatial context if ``--spatial-context`` is given.
 """
 
 from __future__ import annotations
@@ -29,13 +30,13 @@ def _frames(paths: list[str]) -> list[np.ndarray]:
     return [data.astronaut(), data.coffee(), data.chelsea(), data.rocket()]
 
 
-def _train_base(steps: int) -> Path:
+def _train_base(steps: int, spatial_context: bool = False) -> Path:
     from icm_codec import CodecConfig, create_model, save_package
     from icm_codec.training import fit_steps
 
     torch.manual_seed(0)
     imgs = [torch.from_numpy(f).permute(2, 0, 1).float() / 255 for f in _frames([])]
-    model = create_model(CodecConfig(model_id="cuda-check"))
+    model = create_model(CodecConfig(model_id="cuda-check", spatial_context=spatial_context))
     fit_steps(model, imgs, steps, lmbda=0.05, lr=3e-4)
     model.freeze()
     path = Path(tempfile.mkdtemp()) / "base.icmpkg"
@@ -51,11 +52,13 @@ def main() -> int:
     ap.add_argument("--base")
     ap.add_argument("--enhancement")
     ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--spatial-context", action="store_true",
+                    help="the self-trained base codes its slices in two checkerboard passes")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("no CUDA device: nothing to check", file=sys.stderr)
         return 2
-    base = Path(args.base) if args.base else _train_base(args.steps)
+    base = Path(args.base) if args.base else _train_base(args.steps, args.spatial_context)
     torch.set_num_threads(1)
     cpu = ScalableCodec.load(base, args.enhancement, "cpu")
     frames = [f[:480, :640] for f in _frames(args.images)]

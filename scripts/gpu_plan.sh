@@ -83,6 +83,9 @@ if [ "$DEVICE" = cuda ] && [ -f "$BASE" ]; then
     ARGS=(--base "$BASE")
     [ -f "$ENH" ] && ARGS+=(--enhancement "$ENH")
     timeout 120 $PY scripts/check_cuda_exact.py "${ARGS[@]}" 2>&1 | tee -a "$REPORT"
+    # the two-pass (checkerboard) coder, on a small base trained here
+    timeout 120 $PY scripts/check_cuda_exact.py --spatial-context --steps 100 2>&1 \
+        | tee -a "$REPORT"
     timeout 120 $PY scripts/bench_decode_batch.py --base "$BASE" --device cuda 2>&1 \
         | tee -a "$REPORT"
 elif [ -f "$BASE" ]; then
