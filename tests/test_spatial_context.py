@@ -145,3 +145,39 @@ def test_codec_roundtrip_with_spatial_context(tmp_path, photos) -> None:
         _, y_hat = codec.base.encode(_pad(x), tuple(x.shape[-2:]))
         expected = tensor_to_frame(codec.base.synthesize(y_hat)[..., :96, :144])
     np.testing.assert_array_equal(codec.decode_machine(data), expected)
+
+
+def test_train_the_context_alone_on_a_frozen_trunk(tmp_path, photos) -> None:
+    """`icm train --spatial-context --freeze-transforms --init TRUNK`: the transforms come out
+    as they went in, the new context has learned something, and the run's package decodes."""
+    from PIL import Image
+
+    from icm_app.main import main
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for i, p in enumerate(photos[:4]):
+        Image.fromarray(p[:128, :128]).save(data / f"p{i}.png")
+    torch.manual_seed(0)
+    trunk = create_model(CodecConfig(kind="single", N=32, model_id="trunk"))
+    trunk.eval()
+    trunk.freeze()
+    save_package(trunk, tmp_path / "trunk.icmpkg")
+    run = tmp_path / "run"
+    assert main(["train", "single", "--data", str(data), "--lambda", "0.01", "--N", "32",
+                 "--steps", "3", "--batch", "2", "--crop", "64", "--warmup", "1",
+                 "--decay", "1", "--val-every", "3", "--spatial-context",
+                 "--freeze-transforms", "--init", str(tmp_path / "trunk.icmpkg"),
+                 "--out", str(run)]) == 0
+    before = load_package(tmp_path / "trunk.icmpkg").model.state_dict()
+    pkg = load_package(run / "model.icmpkg")
+    after = pkg.model.state_dict()
+    transforms = [k for k in before if k.startswith(("g_a.", "g_s."))]
+    assert transforms and all(torch.equal(before[k], after[k]) for k in transforms)
+    # the heads start at zero; an untrained trunk's ŷ is ~0, so their biases move first
+    heads = [k for k in after if ".spatial." in k and k.endswith((".weight", ".bias"))
+             and (".mean." in k or ".log_scale." in k)]
+    assert heads and any(bool(after[k].abs().sum()) for k in heads)
+    codec = ScalableCodec(pkg)
+    frame = np.ascontiguousarray(photos[0][:64, :64])
+    assert codec.decode_machine(codec.encode_base(frame)).shape == frame.shape

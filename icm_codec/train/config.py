@@ -57,6 +57,10 @@ class TrainConfig:
                                  help="code each latent slice in two checkerboard passes, the "
                                       "second conditioned on the first (a warm start from a "
                                       "package without it starts exactly where it was)")
+    freeze_transforms: bool = flag(False,  # e.g. a new entropy model on a shipped trunk
+                                   help="train the latent coder only (hyperprior, contexts); "
+                                        "the analysis and synthesis transforms keep the "
+                                        "weights they start from (--init)")
     z_rate_ramp: int = flag(0,  # against the hyperprior's collapse; it does not revive a
                             # collapsed one (measured, docs/training.md)
                             help="z's rate counts in the loss with a weight rising linearly "

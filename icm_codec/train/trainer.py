@@ -330,6 +330,9 @@ def _train(cfg: TrainConfig, out: Path, progress: bool) -> Path:
     torch.manual_seed(cfg.seed)
     model, base = _build(cfg)
     model.coder.z_noise = cfg.z_noise
+    if cfg.freeze_transforms:  # only the latent coder learns: ŷ's decoder stays as it was
+        for p in [*model.g_a.parameters(), *model.g_s.parameters()]:
+            p.requires_grad_(False)
     ref = _Reference(base, cfg.kind)
     opt, aux_opt = make_optimizers(model, cfg.lr, density_lr_scale=cfg.density_lr_scale)
     ckpt_path = out / "last.pt"
