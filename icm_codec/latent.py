@@ -14,7 +14,8 @@ With ``spatial_context`` each slice is coded in two passes over a checkerboard (
 ((i + j) even) with the parameters above, then the other half with those parameters plus a
 correction that a small integer net sp_k computes from the decoded anchors of the same slice.
 Both passes go into the slice's one substream (anchors first). sp_k's output layers start at
-zero, so a package warm-started from one without it codes exactly as that package did.
+zero, so a package warm-started from one without it codes the same ŷ with the same
+probabilities as that package did (the symbols only come in another order).
 
 Minnen & Singh, "Channel-wise autoregressive entropy models for learned image compression"
 (ICIP 2020), without latent residual prediction (a float network there would break exactness).
