@@ -282,6 +282,12 @@ class ChannelConditionalCoder(nn.Module):
         return (l_int - L_MIN).clamp(0, len(SCALE_TABLE) - 1)
 
     @staticmethod
+    def _passes(ctx: _SliceContext, anchors: Tensor) -> list[Tensor]:
+        """The positions of slice k in coding order: all at once, or the checkerboard's anchors
+        and then the rest (one substream either way, the passes back to back)."""
+        return [torch.ones_like(anchors)] if ctx.spatial is None else [anchors, ~anchors]
+
+    @staticmethod
     def _refine(ctx: _SliceContext, sym: Tensor, mu_int: Tensor, l_int: Tensor,
                 anchors: Tensor) -> tuple[Tensor, Tensor]:
         """Second checkerboard pass: (μ, log σ) of the non-anchors from the decoded anchors."""
@@ -325,15 +331,13 @@ class ChannelConditionalCoder(nn.Module):
             ctx = self.context[k]
             mu_int, l_int = self._slice_params(ctx, feats, prev)
             sym = torch.floor(y_k.double() - mu_int / 2**MEAN_FRAC + 0.5)
-            if ctx.spatial is None:
-                strings.append(y_tables.encode(sym, self._index(l_int)))
-            else:
+            if ctx.spatial is not None:  # the anchors' symbols do not change: μ did not
                 mu_int, l_int = self._refine(ctx, sym, mu_int, l_int, anchors)
                 sym = torch.floor(y_k.double() - mu_int / 2**MEAN_FRAC + 0.5)
-                index = self._index(l_int)
-                strings.append(y_tables.encode(
-                    torch.cat([sym[anchors], sym[~anchors]]),
-                    torch.cat([index[anchors], index[~anchors]])))
+            index = self._index(l_int)
+            passes = self._passes(ctx, anchors)
+            strings.append(y_tables.encode(torch.cat([sym[m] for m in passes]),
+                                           torch.cat([index[m] for m in passes])))
             prev.append(self._as_input(sym, mu_int))
             y_hats.append(self._dequantize(sym, mu_int))
         return strings, torch.cat(y_hats, dim=1)
@@ -370,22 +374,14 @@ class ChannelConditionalCoder(nn.Module):
             ctx = self.context[k]
             mu_int, l_int = self._slice_params(ctx, feats, prev)
             streams = [y_tables.stream(s[k + 1], a_cpu.numel()) for s in strings]
-            if ctx.spatial is None:
-                index = self._index(l_int).to("cpu", torch.int32)
-                sym = torch.stack([st.decode(index[b]) for b, st in enumerate(streams)])
-                sym = sym.to(device)
-            else:
-                sym = torch.zeros(n, *a_cpu.shape, dtype=torch.int32)
+            sym = torch.zeros(n, *a_cpu.shape, dtype=torch.int32)
+            for i, m in enumerate(self._passes(ctx, a_cpu)):
+                if i:  # the second checkerboard pass: parameters from the decoded anchors
+                    mu_int, l_int = self._refine(ctx, sym.to(device), mu_int, l_int, anchors)
                 index = self._index(l_int).to("cpu", torch.int32)
                 for b, st in enumerate(streams):
-                    sym[b][a_cpu] = st.decode(index[b][a_cpu])
-                sym = sym.to(device)
-                mu_int, l_int = self._refine(ctx, sym, mu_int, l_int, anchors)
-                index = self._index(l_int).to("cpu", torch.int32)
-                sym = sym.cpu()
-                for b, st in enumerate(streams):
-                    sym[b][~a_cpu] = st.decode(index[b][~a_cpu])
-                sym = sym.to(device)
+                    sym[b][m] = st.decode(index[b][m])
+            sym = sym.to(device)
             prev.append(self._as_input(sym, mu_int))
             y_hats.append(self._dequantize(sym, mu_int))
         return torch.cat(y_hats, dim=1)
