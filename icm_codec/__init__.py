@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from .kinds import LayerKind
     from .models import LayerCodec, create_model
     from .package import ModelPackage, load_package, save_package
+    from .refine import Refinement
 
 # public name → its module, imported on first use: the modules that need no torch (errors,
 # bitstream, the command table) stay cheap for the `icm` shell and the services' clients
@@ -37,6 +38,7 @@ _HOME = {
     "LayerCodec": "models",
     "LayerKind": "kinds",
     "ModelPackage": "package",
+    "Refinement": "refine",
     "ScalableCodec": "api",
     "create_model": "models",
     "frame_to_tensor": "api",
@@ -57,6 +59,7 @@ __all__ = [
     "ModelMismatchError",
     "ModelPackage",
     "ModelPackageError",
+    "Refinement",
     "ScalableCodec",
     "TruncatedStreamError",
     "UnsupportedVersionError",

@@ -35,6 +35,7 @@ from .bitstream import (
 from .errors import LayerPairingError, ModelMismatchError
 from .models import base_reference
 from .package import ModelPackage, load_package
+from .refine import Refinement
 from .tiling import Tiling
 
 __all__ = ["PAD_LOG2", "LayerCodecRunner", "ScalableCodec", "frame_to_tensor", "tensor_to_frame"]
@@ -80,6 +81,7 @@ class LayerCodecRunner:
     package: ModelPackage
     device: torch.device
     tiling: Tiling = field(default_factory=Tiling)
+    refine: Refinement | None = None  # encoder-side latent refinement (never for base layers)
 
     @property
     def model(self):
@@ -93,7 +95,8 @@ class LayerCodecRunner:
                reference: Tensor | None = None, frame_id: int = 0) -> tuple[bytes, Tensor]:
         """Padded frame -> (layer bytes, ŷ)."""
         cfg = self.package.config
-        strings, y_hat = self.model.compress(x_pad, reference, tiling=self.tiling)
+        strings, y_hat = self.model.compress(x_pad, reference, tiling=self.tiling,
+                                             refine=self.refine, size=size)
         header = LayerHeader(
             kind=self.kind, model_id=cfg.model_id, model_digest=self._digest16(),
             width=size[1], height=size[0], pad_log2=PAD_LOG2, n_slices=cfg.coded_slices,
@@ -137,15 +140,24 @@ class ScalableCodec:
     """Base (machine) codec with an optional enhancement (or residual) codec on top of it."""
 
     def __init__(self, base: ModelPackage, enhancement: ModelPackage | None = None,
-                 device: str | torch.device = "cpu", *, tiling: Tiling | None = None) -> None:
+                 device: str | torch.device = "cpu", *, tiling: Tiling | None = None,
+                 refine: Refinement | None = None) -> None:
         """``tiling``: how frames run through the transforms (default: whole up to
-        2560 x 1600 pixels, tiles beyond); decoding the latents is exact either way."""
+        2560 x 1600 pixels, tiles beyond); decoding the latents is exact either way.
+        ``refine``: the encoder refines the latents of the layers that code the human image
+        (a single-layer codec's, an enhancement or residual layer's; never a base layer's,
+        whose objective needs the edge mask). Decoding is unchanged."""
         self.device = torch.device(device)
         self.tiling = tiling if tiling is not None else Tiling()
         if base.config.needs_base:
             raise ValueError(f"first package must be a base (or single) codec, "
                              f"got {base.config.kind!r}")
-        self.base = LayerCodecRunner(base, self.device, self.tiling)
+        if refine is not None and not refine.steps:
+            refine = None
+        self.refine = refine
+        single = base.config.layer_kind is LayerKind.SINGLE
+        self.base = LayerCodecRunner(base, self.device, self.tiling,
+                                     self._refinement(refine, base) if single else None)
         self.enhancement = None
         if enhancement is not None:
             if not enhancement.config.needs_base:
@@ -155,14 +167,22 @@ class ScalableCodec:
                     f"enhancement model {enhancement.config.model_id!r} was trained on another "
                     f"base model ({enhancement.config.base_digest[:12]}), not "
                     f"{base.config.model_id!r} ({base.digest[:12]})")
-            self.enhancement = LayerCodecRunner(enhancement, self.device, self.tiling)
+            self.enhancement = LayerCodecRunner(enhancement, self.device, self.tiling,
+                                                self._refinement(refine, enhancement))
+
+    @staticmethod
+    def _refinement(refine: Refinement | None, package: ModelPackage) -> Refinement | None:
+        if refine is not None:
+            refine.objective_lambda(package.model)  # no λ: a clear error now, not per frame
+        return refine
 
     @classmethod
     def load(cls, base_path: str | Path, enhancement_path: str | Path | None = None,
-             device: str | torch.device = "cpu") -> ScalableCodec:
+             device: str | torch.device = "cpu", *, refine: Refinement | None = None
+             ) -> ScalableCodec:
         base = load_package(base_path, device)
         enh = load_package(enhancement_path, device) if enhancement_path else None
-        return cls(base, enh, device)
+        return cls(base, enh, device, refine=refine)
 
     # -- edge ----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -180,7 +200,9 @@ class ScalableCodec:
         if (base.header.height, base.header.width) != tuple(x.shape[-2:]):
             raise LayerPairingError("frame size differs from the base layer's frame size")
         # the enhancement's analysis sees the frame alone: the base ŷ only joins at synthesis
-        reference = self._reference(enh, base) if enh.model.analysis_uses_reference else None
+        # (which a refining encoder runs too)
+        needs = enh.model.analysis_uses_reference or enh.refine is not None
+        reference = self._reference(enh, base) if needs else None
         data, _ = enh.encode(_pad(x), tuple(x.shape[-2:]), parent=base.digest,
                              reference=reference, frame_id=base.header.frame_id)
         return data

@@ -211,10 +211,17 @@ class ChannelConditionalCoder(nn.Module):
         self.z_noise = False
 
     # -- training ----------------------------------------------------------------------------
-    def forward(self, y: Tensor) -> dict[str, Tensor | dict[str, Tensor]]:
-        """Differentiable pass: ŷ (straight-through) and the likelihoods of z and y."""
+    def forward(self, y: Tensor, noisy: bool | None = None
+                ) -> dict[str, Tensor | dict[str, Tensor]]:
+        """Differentiable pass: ŷ (straight-through) and the likelihoods of z and y.
+
+        ``noisy``: likelihoods of y + U(−½, ½) (the training rate, which has a gradient) or of
+        the rounded values; default: by the module's training mode. The encoder's latent
+        refinement asks for the noisy rate without switching a shared model's mode.
+        """
+        noisy = self.training if noisy is None else noisy
         z = self.h_a(y)
-        z_noisy, z_likelihoods = self.entropy_bottleneck(z)
+        z_noisy, z_likelihoods = self.entropy_bottleneck(z, training=noisy)
         if self.training and self.z_noise:
             # z + U(-½, ½): h_s sees every change of z, so a small z still carries its signal
             # (with rounding, |z − median| < ½ is invisible to h_s while its rate pulls it
@@ -235,7 +242,7 @@ class ChannelConditionalCoder(nn.Module):
                 mu = mu + d_mu * (1 - anchors)
                 log_s = log_s + d_log_s * (1 - anchors)
             log_s = floor_log_scale(log_s)
-            _, lik = self.gaussian_conditional(y_k, torch.exp(log_s), mu)
+            _, lik = self.gaussian_conditional(y_k, torch.exp(log_s), mu, training=noisy)
             y_hat_k = ste_round(y_k - mu) + mu
             y_hats.append(y_hat_k)
             y_liks.append(lik)

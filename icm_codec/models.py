@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from .config import CodecConfig
 from .kinds import LayerKind
 from .latent import ChannelConditionalCoder
+from .refine import Refinement
 from .tiling import Tiling
 from .transforms import analysis, synthesis
 
@@ -127,10 +128,15 @@ class LayerCodec(nn.Module):
     # -- coding ------------------------------------------------------------------------------
     @torch.no_grad()
     def compress(self, x: Tensor, reference: Tensor | None = None, *,
-                 tiling: Tiling | None = None) -> tuple[list[bytes], Tensor]:
+                 tiling: Tiling | None = None, refine: Refinement | None = None,
+                 size: tuple[int, int] | None = None) -> tuple[list[bytes], Tensor]:
         """Padded frame (1, 3, H, W) in [0, 1] -> substreams and the decoded latent ŷ; g_a in
-        tiles when ``tiling`` says so."""
+        tiles when ``tiling`` says so. ``refine``: optimise the latent for this frame before
+        coding it (encoder-side only; :mod:`icm_codec.refine`), counting the distortion on the
+        frame's real ``size`` inside the padding."""
         y = _run(self.g_a, self.analysis_input(x, reference), 1 / 16, tiling)
+        if refine is not None and refine.steps:
+            y = refine.run(self, x, y, reference, size, tiling)
         return self.coder.compress(y)
 
     @torch.no_grad()

@@ -29,6 +29,11 @@ def _eval_rd_configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classical-from", metavar="RD_JSON",
                    help="take JPEG/WebP/AVIF from an earlier rd.json of the same images "
                         "(they are deterministic; coding them is most of a Kodak run)")
+    p.add_argument("--refine-steps", type=int, nargs="+", default=[0], metavar="N",
+                   help="encoder-side latent refinement of the human-image layers (single, "
+                        "enhancement, DC): gradient steps per image, one curve per value; 0 is "
+                        "the plain encoder (default). The decoder is the same; the encoder is "
+                        "~N times slower")
 
 
 @command("eval-rd", "rate-distortion evaluation against JPEG, WebP and AVIF", _eval_rd_configure)
@@ -57,7 +62,8 @@ def _eval_rd(args: argparse.Namespace) -> int:
     result = evaluate(images, known=known, bases=pick(args.base, "base"),
                       enhancements=pick(args.enhancement, "enhancement"),
                       residuals=pick(args.dc, "residual"), singles=pick(args.single, "single"),
-                      classical=() if args.no_classical else ("JPEG", "WebP", "AVIF"))
+                      classical=() if args.no_classical else ("JPEG", "WebP", "AVIF"),
+                      refine_steps=args.refine_steps)
     out = Path(args.out)
     path = write_report(result, out)
     plots = plot(result, out)

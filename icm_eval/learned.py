@@ -81,8 +81,9 @@ class Learned:
 
 
 def load_bases(paths: Sequence[str | Path], device: str = "cpu",
-               kinds: Sequence[str] = ("base", "single")) -> list[Learned]:
-    """Packages that code an image on their own (base layers; single-layer codecs)."""
+               kinds: Sequence[str] = ("base", "single"), refine: Any = None) -> list[Learned]:
+    """Packages that code an image on their own (base layers; single-layer codecs).
+    ``refine``: an ``icm_codec.Refinement`` for the single-layer codecs' encoder."""
     from icm_codec import ScalableCodec, load_package
 
     out = []
@@ -90,13 +91,14 @@ def load_bases(paths: Sequence[str | Path], device: str = "cpu",
         pkg = load_package(p, device)
         if pkg.config.kind not in kinds:
             raise EvalError(f"{p} is a {pkg.config.kind!r} package, not a base layer")
-        out.append(Learned(Path(p), pkg, ScalableCodec(pkg, None, device)))
+        out.append(Learned(Path(p), pkg, ScalableCodec(pkg, None, device, refine=refine)))
     return out
 
 
 def load_layered(paths: Sequence[str | Path], bases: Sequence[Learned],
-                 device: str = "cpu") -> list[Learned]:
-    """Enhancement / residual packages, each on the one of ``bases`` it refines (by digest)."""
+                 device: str = "cpu", refine: Any = None) -> list[Learned]:
+    """Enhancement / residual packages, each on the one of ``bases`` it refines (by digest).
+    ``refine``: an ``icm_codec.Refinement`` for the layer's encoder."""
     from icm_codec import ScalableCodec, load_package
 
     by_digest = {b.package.digest: b for b in bases}
@@ -110,8 +112,8 @@ def load_layered(paths: Sequence[str | Path], bases: Sequence[Learned],
         if base is None:
             raise EvalError(f"{p} refines a base package that is not among --base "
                             f"(digest {pkg.config.base_digest[:12]}): add it to --base")
-        out.append(Learned(Path(p), pkg, ScalableCodec(base.package, pkg, device), base.path,
-                           base.package))
+        out.append(Learned(Path(p), pkg, ScalableCodec(base.package, pkg, device, refine=refine),
+                           base.path, base.package))
     return out
 
 

@@ -67,13 +67,19 @@ def classical_curve(name: str, images: Sequence[tuple[str, np.ndarray]],
     return measure(classical_points({name: qs}), images, progress, name)
 
 
-def _layered_point(e: Learned, label: str) -> RatePoint:
+def _layered_point(e: Learned, label: str, refine: int) -> RatePoint:
     return e.point(e.kind, label, {
         "model": str(e.path), "base": str(e.base_path), "kind": e.kind, "lambda": e.lmbda,
         "base_lambda": package_lambda(e.base), "arch": e.package.config.arch,
         "m": e.package.config.m if e.kind == "enhancement" else None,
         "params": sum(t.numel() for t in e.package.model.parameters()),
-        "steps": e.package.config.meta.get("steps")})
+        "steps": e.package.config.meta.get("steps"), "refine": refine})
+
+
+def _refinement(steps: int):
+    from icm_codec import Refinement
+
+    return Refinement(steps=steps) if steps else None
 
 
 def _families(name: str, points: list[RatePoint], keys: Sequence[str]
@@ -81,12 +87,15 @@ def _families(name: str, points: list[RatePoint], keys: Sequence[str]
     """Split one kind's points into curves, one per family: points that differ in any of
     ``keys`` (arch, base, m) are different codecs, and one curve through them would be a
     hull of unrelated models. A curve is named by the kind and the keys that vary, so a run
-    of one family keeps the plain name."""
+    of one family keeps the plain name; an encoder that refines its latents always says so
+    (``+refine50``): it is the same decoder with a slower encoder."""
     varying = [k for k in keys if len({str(p.params.get(k)) for p in points}) > 1]
     out: dict[str, list[RatePoint]] = {}
     for p in points:
-        tag = " ".join(_tag(k, p.params.get(k)) for k in varying)
-        out.setdefault(f"{name} {tag}".strip(), []).append(p)
+        tags = [_tag(k, p.params.get(k)) for k in varying]
+        if p.params.get("refine"):
+            tags.append(f"+refine{p.params['refine']}")
+        out.setdefault(" ".join([name, *tags]), []).append(p)
     return out
 
 
@@ -114,11 +123,14 @@ def _known_curve(known: dict, name: str, images: Sequence[tuple[str, np.ndarray]
 def evaluate(images: Sequence[tuple[str, np.ndarray]], *, bases: Sequence[Path] = (),
              enhancements: Sequence[Path] = (), residuals: Sequence[Path] = (),
              singles: Sequence[Path] = (), classical: Sequence[str] = ("JPEG", "WebP", "AVIF"),
-             progress: bool = True, known: dict | None = None) -> dict:
+             progress: bool = True, known: dict | None = None,
+             refine_steps: Sequence[int] = (0,)) -> dict:
     """All curves, BD-rates and the PSNR-by-(λ, m) table as one JSON-able dict. The learned
     curves are one per family (:func:`_families`); each learned curve is also compared with
     the DC and single-layer curves of its own arch. ``known``: an earlier result (rd.json) on
-    the same images whose classical curves are taken instead of coding them again."""
+    the same images whose classical curves are taken instead of coding them again.
+    ``refine_steps``: encoder-side latent refinement (:mod:`icm_codec.refine`) of the
+    human-image layers, one curve per value (0: the plain encoder)."""
     from icm_codec.train.masks import edge_mask
 
     base_runs = load_bases(list(dict.fromkeys(bases)))
@@ -147,12 +159,16 @@ def evaluate(images: Sequence[tuple[str, np.ndarray]], *, bases: Sequence[Path] 
     curves_machine = sorted(machine, key=lambda x: x.bpp)
 
     marginal: dict[str, list[RDPoint]] = {}
-    fusion = [_layered_point(e, f"λ={e.lmbda:g} m={e.package.config.m}")
-              for e in load_layered(enhancements, base_runs)]
-    dc = [_layered_point(e, f"λ={e.lmbda:g}") for e in load_layered(residuals, base_runs)]
-    single = [s.point("single", f"λ={s.lmbda:g}", {"model": str(s.path), "lambda": s.lmbda,
-                                                    "arch": s.package.config.arch})
-              for s in load_bases(singles)]
+    fusion, dc, single = [], [], []
+    for steps in dict.fromkeys(refine_steps):
+        refine = _refinement(steps)
+        fusion += [_layered_point(e, f"λ={e.lmbda:g} m={e.package.config.m}", steps)
+                   for e in load_layered(enhancements, base_runs, refine=refine)]
+        dc += [_layered_point(e, f"λ={e.lmbda:g}", steps)
+               for e in load_layered(residuals, base_runs, refine=refine)]
+        single += [s.point("single", f"λ={s.lmbda:g}", {
+            "model": str(s.path), "lambda": s.lmbda, "arch": s.package.config.arch,
+            "refine": steps}) for s in load_bases(singles, refine=refine)]
     for kind_name, points, keys, layered in (
             (FUSION, fusion, ("arch", "base", "m"), True),
             (DC, dc, ("arch", "base"), True),

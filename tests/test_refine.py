@@ -1,0 +1,101 @@
+"""Encoder-side latent refinement: a better latent for the same decoder, measured on real bytes."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from icm_codec import Refinement, ScalableCodec, load_package
+from icm_codec.registry import SHIPPED_DIR, default_package, list_packages
+
+pytestmark = pytest.mark.skipif(not (SHIPPED_DIR / "index.json").is_file(),
+                                reason="no shipped weights in icm_codec/weights")
+
+
+def _single() -> Path:
+    return next(i.path for i in list_packages([SHIPPED_DIR]) if i.kind == "single")
+
+
+def _objective(frame: np.ndarray, decoded: np.ndarray, nbytes: int, lmbda: float) -> float:
+    """R + λ·255²·mse on real bytes and the 8-bit decoded image (the training objective)."""
+    mse = np.mean((frame.astype(np.float64) - decoded.astype(np.float64)) ** 2) / 255**2
+    return 8 * nbytes / frame[..., 0].size + lmbda * 255**2 * mse
+
+
+@pytest.fixture(scope="module")
+def frame(photos) -> np.ndarray:
+    return photos[0][:120, :184]  # not a multiple of 64: the padding is outside the objective
+
+
+def test_refined_single_layer_costs_less_and_decodes_with_the_plain_decoder(frame) -> None:
+    pkg = load_package(_single())
+    lmbda = pkg.config.meta["lambda"]
+    plain = ScalableCodec(pkg)
+    refined = ScalableCodec(pkg, refine=Refinement(steps=15))
+    a, b = plain.encode_base(frame), refined.encode_base(frame)
+    assert a != b
+    # the plain codec decodes the refined layer: only the encoder changed
+    dec_a, dec_b = plain.decode_machine(a), plain.decode_machine(b)
+    assert np.array_equal(dec_b, refined.decode_machine(b))
+    assert _objective(frame, dec_b, len(b), lmbda) < _objective(frame, dec_a, len(a), lmbda)
+
+
+def test_refined_human_layer_costs_less_and_the_base_layer_is_untouched(frame) -> None:
+    base = load_package(default_package("base"))
+    human = load_package(default_package("enhancement"))
+    lmbda = human.config.meta["lambda"]
+    plain = ScalableCodec(base, human)
+    refined = ScalableCodec(base, human, refine=Refinement(steps=15))
+    b = plain.encode_base(frame)
+    assert refined.encode_base(frame) == b  # base layers are never refined
+    e_plain, e_ref = plain.encode_enhancement(frame, b), refined.encode_enhancement(frame, b)
+    assert e_plain != e_ref
+    costs = [_objective(frame, plain.decode_human(b, e), len(e), lmbda) for e in (e_plain, e_ref)]
+    assert costs[1] < costs[0]
+
+
+def test_refinement_leaves_the_shared_model_as_it_found_it(frame) -> None:
+    """Encoders may share one loaded model: no mode switch, no parameter gradients."""
+    pkg = load_package(_single())
+    model = pkg.model
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ScalableCodec(pkg, refine=Refinement(steps=3)).encode_base(frame)
+    assert not model.training and not any(m.training for m in model.modules())
+    assert all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_refinement_settings_fail_clearly(frame, package_factory) -> None:
+    for bad in ({"steps": -1}, {"lr": 0.0}, {"lr": math.nan}, {"lmbda": -1.0}):
+        with pytest.raises(ValueError, match="refinement"):
+            Refinement(**bad)
+    base = load_package(default_package("base"))
+    with pytest.raises(ValueError, match="base layers are not refined"):
+        Refinement().check(base.model, torch.zeros(1, 3, 64, 64))
+    untrained = load_package(package_factory("single"))  # no training record, no λ
+    with pytest.raises(ValueError, match="no training λ"):
+        ScalableCodec(untrained, refine=Refinement(steps=2))
+    # an explicit λ works for it; steps=0 is the plain encoder
+    ScalableCodec(untrained, refine=Refinement(steps=1, lmbda=0.01)).encode_base(frame[:64, :64])
+    assert ScalableCodec(untrained, refine=Refinement(steps=0)).refine is None
+    small = ScalableCodec(load_package(_single()), refine=Refinement(steps=2, max_pixels=4096))
+    with pytest.raises(ValueError, match="over the refinement limit"):
+        small.encode_base(frame)
+
+
+def test_eval_rd_draws_the_refined_encoder_as_its_own_curve(tmp_path: Path, frame) -> None:
+    from PIL import Image
+
+    from icm_eval.data import load_images
+    from icm_eval.rd import evaluate
+
+    (tmp_path / "img").mkdir()
+    Image.fromarray(frame[:64, :64]).save(tmp_path / "img" / "a.png")
+    result = evaluate(load_images(tmp_path / "img"), singles=[_single()], classical=(),
+                      progress=False, refine_steps=(0, 2))
+    assert set(result["curves"]) == {"single-layer", "single-layer +refine2"}
+    assert result["curves"]["single-layer +refine2"][0]["extra"]["refine"] == 2
