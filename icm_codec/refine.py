@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 from .kinds import LayerKind
 from .losses import bpp_of
@@ -42,13 +43,15 @@ class Refinement:
 
     ``steps``: gradient steps per frame (0: the plain encoder); ``lr``: Adam's initial step size
     (in latent units; decays to 0 over the steps); ``lmbda``: the λ of the objective (default:
-    the package's training λ); ``max_pixels``: larger frames are refused (memory).
+    the package's training λ); ``max_pixels``: larger frames are refused (memory);
+    ``progress``: a progress bar per frame (command-line use).
     """
 
     steps: int = 50
     lr: float = 1e-2
     lmbda: float | None = None
     max_pixels: int = DEFAULT_REFINE_MAX_PIXELS
+    progress: bool = False
 
     def __post_init__(self) -> None:
         if self.steps < 0:
@@ -101,7 +104,8 @@ class Refinement:
         with torch.enable_grad():
             y = y.detach().clone().requires_grad_(True)
             opt = torch.optim.Adam([y], lr=self.lr)
-            for step in range(self.steps):
+            for step in tqdm(range(self.steps), desc=f"refine {model.config.model_id}",
+                             disable=not self.progress, leave=False):
                 for group in opt.param_groups:
                     group["lr"] = self.lr * 0.5 * (1 + math.cos(math.pi * step / self.steps))
                 out = model.coder(y, noisy=True)

@@ -99,3 +99,23 @@ def test_eval_rd_draws_the_refined_encoder_as_its_own_curve(tmp_path: Path, fram
                       progress=False, refine_steps=(0, 2))
     assert set(result["curves"]) == {"single-layer", "single-layer +refine2"}
     assert result["curves"]["single-layer +refine2"][0]["extra"]["refine"] == 2
+
+
+def test_icm_encode_refines_and_icm_decode_reads_it(tmp_path: Path, frame, capsys) -> None:
+    from PIL import Image
+
+    from icm_app.main import main
+
+    img = tmp_path / "in.png"
+    Image.fromarray(frame[:64, :96]).save(img)
+    plain, refined = tmp_path / "a.icm", tmp_path / "b.icm"
+    single = str(_single())
+    assert main(["encode", str(img), "-o", str(plain), "--model", single]) == 0
+    assert main(["encode", str(img), "-o", str(refined), "--model", single,
+                 "--refine-steps", "3"]) == 0
+    assert plain.read_bytes() != refined.read_bytes()
+    assert main(["decode", str(refined), "--machine", str(tmp_path / "out.png")]) == 0
+    assert np.asarray(Image.open(tmp_path / "out.png")).shape == (64, 96, 3)
+    capsys.readouterr()
+    assert main(["encode", str(img), "-o", str(plain), "--refine-steps", "-2"]) == 2
+    assert "refinement steps must be >= 0" in capsys.readouterr().err
