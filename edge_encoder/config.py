@@ -44,6 +44,10 @@ class EdgeConfig:
     enhancement_mode: str = flag(
         "lazy", choices=["lazy", "eager"],
         help="lazy: keep the raw frame, encode when asked; eager: encode at capture")
+    refine_steps: int = flag(
+        0, help="spend N gradient steps per enhancement layer on a better latent: fewer bits "
+                "at equal quality, about N decodes of edge CPU per layer (0: off; raise the "
+                "cloud's --enhancement-timeout-s to match)")
     retention_s: float = flag(3600.0, help="keep frames for enhancement requests this long "
                                            "(default 3600)")
     max_retained_mb: float = flag(1024.0, help="bound on retained raw frames and enhancement "
@@ -70,3 +74,5 @@ class EdgeConfig:
         if not self.camera_id or len(self.camera_id) > 128:
             raise ValueError("camera id must be 1-128 characters")
         self.spool_dir = Path(self.spool_dir)
+        if self.refine_steps < 0:
+            raise ValueError(f"--refine-steps must be >= 0, got {self.refine_steps}")

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from icm_codec import ScalableCodec, load_package
+from icm_codec import Refinement, ScalableCodec, load_package
 from icm_codec.registry import HUMAN_LAYER_KINDS, default_package, find_package, list_packages
 
 from .metrics import EdgeMetrics
@@ -41,8 +41,9 @@ def _unpng(data: bytes) -> np.ndarray:
 
 
 class EdgeEncoder:
-    """Encodes frames; thread-safe (one lock: base encodes and enhancement requests share the
-    CPU anyway).
+    """Encodes frames; thread-safe. One lock guards the codec table and the capture path; a
+    lazy enhancement request runs outside it (the models are read-only), so a slow human layer
+    never holds up the live base stream.
 
     Args:
         base: model id or path of the starting base codec (None: the shipped default).
@@ -50,14 +51,17 @@ class EdgeEncoder:
             "" : no enhancement layers).
         mode: ``eager`` encodes the enhancement at capture, ``lazy`` keeps the raw frame and
             encodes when the cloud asks.
+        refine_steps: encoder-side refinement of the enhancement layer (``icm_codec.refine``):
+            fewer bits at equal quality for ~``refine_steps`` decodes of encoder time (0: off).
     """
 
     def __init__(self, base: str | None = None, enhancement: str | None = None,
                  mode: str = "lazy", metrics: EdgeMetrics | None = None,
-                 device: str = "cpu") -> None:
+                 device: str = "cpu", refine_steps: int = 0) -> None:
         if mode not in ("eager", "lazy"):
             raise ValueError(f"enhancement mode must be eager or lazy, got {mode!r}")
         self.mode = mode
+        self.refine = Refinement(steps=refine_steps) if refine_steps else None
         self.device = device
         self.metrics = metrics or EdgeMetrics()
         self._lock = threading.Lock()
@@ -76,7 +80,8 @@ class EdgeEncoder:
         enh = self._enh_pkg
         if enh is not None and enh.config.base_digest not in ("", pkg.digest):
             enh = None  # the enhancement codec was trained on another base rate point
-        codec = ScalableCodec(pkg, enh, self.device)
+        codec = ScalableCodec(pkg, enh, self.device,
+                              refine=self.refine if enh is not None else None)
         self._codecs[pkg.config.model_id] = codec
         return pkg.config.model_id
 
@@ -133,9 +138,10 @@ class EdgeEncoder:
 
         digest16 = unpack_layer(base).header.model_digest
         with self._lock:
-            for codec in self._codecs.values():
-                if codec.base.package.digest_bytes[:16] == digest16:
-                    if codec.enhancement is None:
-                        raise ValueError("no enhancement codec for this frame's base rate point")
-                    return self._enhance(codec, _unpng(raw_png), base)
+            codec = next((c for c in self._codecs.values()
+                          if c.base.package.digest_bytes[:16] == digest16), None)
+        if codec is not None:
+            if codec.enhancement is None:
+                raise ValueError("no enhancement codec for this frame's base rate point")
+            return self._enhance(codec, _unpng(raw_png), base)
         raise ValueError("this frame's base codec is no longer loaded")

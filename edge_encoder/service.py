@@ -48,7 +48,7 @@ class EdgeService:
                                   on_event=self._source_event) if c.source else None
         self.metrics_server = MetricsServer(self.metrics.registry, c.metrics_port)
         self.encoder = EdgeEncoder(c.base_model, c.enhancement_model, c.enhancement_mode,
-                                   self.metrics)
+                                   self.metrics, refine_steps=c.refine_steps)
         self.spool = Spool(c.spool_dir / "spool.sqlite3", c.camera_id,
                            max_bytes=int(c.max_spool_mb * 2**20),
                            max_retained_bytes=int(c.max_retained_mb * 2**20),

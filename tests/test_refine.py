@@ -119,3 +119,30 @@ def test_icm_encode_refines_and_icm_decode_reads_it(tmp_path: Path, frame, capsy
     capsys.readouterr()
     assert main(["encode", str(img), "-o", str(plain), "--refine-steps", "-2"]) == 2
     assert "refinement steps must be >= 0" in capsys.readouterr().err
+
+
+def test_edge_refines_lazy_human_layers_without_holding_up_the_live_stream(photos) -> None:
+    """A lazy enhancement request runs outside the capture lock: while a (slow, refined) human
+    layer is being made, base frames keep coming."""
+    import threading
+
+    from edge_encoder.encoder import EdgeEncoder
+
+    edge = EdgeEncoder(mode="lazy", refine_steps=40)
+    frame = np.ascontiguousarray(photos[0][:128, :192])
+    kept = edge.encode(frame, frame_id=1)
+    result: dict[str, bytes] = {}
+    worker = threading.Thread(
+        target=lambda: result.update(layer=edge.encode_enhancement(kept.raw_png, kept.base)))
+    worker.start()
+    frames_meanwhile = 0
+    while worker.is_alive() and frames_meanwhile < 3:
+        edge.encode(frame, frame_id=2 + frames_meanwhile)
+        frames_meanwhile += 1
+    worker.join()
+    assert frames_meanwhile == 3  # three base frames while one refined human layer was made
+    plain = EdgeEncoder(mode="lazy").encode_enhancement(kept.raw_png, kept.base)
+    assert result["layer"] != plain
+    codec = edge.codec
+    human = codec.decode_human(kept.base, result["layer"])
+    assert human.shape == frame.shape
