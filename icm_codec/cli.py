@@ -78,6 +78,10 @@ def _encode(args: argparse.Namespace) -> int:
     refine = Refinement(steps=args.refine_steps, progress=True) if args.refine_steps else None
     codec = ScalableCodec.load(_resolve(args.model, "base"), enh_path, args.device,
                                refine=refine)
+    if refine is not None and codec.base.refine is None and codec.enhancement is None:
+        raise ValueError("--refine-steps refines a single-layer codec or the enhancement "
+                         "layer, and this file holds only a machine base layer: add "
+                         "--layers base,enhancement or name a single-layer --model")
     frame = _load_image(args.image)
     out = [codec.encode_base(frame)]
     if enh_path is not None:

@@ -119,6 +119,8 @@ def test_icm_encode_refines_and_icm_decode_reads_it(tmp_path: Path, frame, capsy
     capsys.readouterr()
     assert main(["encode", str(img), "-o", str(plain), "--refine-steps", "-2"]) == 2
     assert "refinement steps must be >= 0" in capsys.readouterr().err
+    assert main(["encode", str(img), "-o", str(plain), "--refine-steps", "2"]) == 2
+    assert "only a machine base layer" in capsys.readouterr().err
 
 
 def test_edge_refines_lazy_human_layers_without_holding_up_the_live_stream(photos) -> None:
