@@ -4,11 +4,16 @@ machine image on both sides), on real frames of the shared clip. Prints a Markdo
 medians; run it alone (one thread by default, as the edge runs).
 
     python scripts/bench_human_view.py [--packages ID...] [--frames 5] [--threads 1]
+                                       [--refine-steps 0 50]
+
+``--refine-steps``: one row per value, the edge refining its layers' latents (``--refine-steps``
+of ``icm edge``; 0 is the plain encoder). The warm-up frame is coded without refinement.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import time
@@ -26,11 +31,12 @@ def main() -> None:
     ap.add_argument("--start", type=int, default=715, help="first frame (715: the held-out tail)")
     ap.add_argument("--frames", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--refine-steps", type=int, nargs="+", default=[0], metavar="N")
     args = ap.parse_args()
 
     import torch
 
-    from icm_codec import ScalableCodec, load_package
+    from icm_codec import Refinement, ScalableCodec, load_package
     from icm_codec.registry import HUMAN_LAYER_KINDS, find_package, list_packages
     from icm_eval.data import sample_video
 
@@ -44,27 +50,31 @@ def main() -> None:
     h, w = frames[0].shape[:2]
     print(f"{len(frames)} frames of {Path(args.video).name} from {args.start}, {w}×{h}, "
           f"{args.threads} thread(s), medians\n")
-    print("| package | kind | base | layer bpp | edge encode ms | cloud decode ms |")
-    print("|---|---|---|---|---|---|")
+    print("| package | kind | base | refine steps | layer bpp | human PSNR dB | "
+          "edge encode ms | cloud decode ms |")
+    print("|---|---|---|---|---|---|---|---|")
     for mid in ids:
         layer = load_package(find_package(mid, HUMAN_LAYER_KINDS))
         base = load_package(find_package(layer.config.base_digest[:16], "base"))
-        codec = ScalableCodec(base, layer)
-        enc, dec, bpp = [], [], []
-        for i, img in enumerate(frames):
-            b = codec.encode_base(img, frame_id=i + 1)
-            if i == 0:
-                codec.decode_human(b, codec.encode_enhancement(img, b))  # warm-up
-            t0 = time.perf_counter()
-            e = codec.encode_enhancement(img, b)
-            t1 = time.perf_counter()
-            codec.decode_human(b, e)
-            dec.append(time.perf_counter() - t1)
-            enc.append(t1 - t0)
-            bpp.append(8 * len(e) / (w * h))
-        print(f"| {layer.config.model_id} | {layer.config.kind} | {base.config.model_id} | "
-              f"{statistics.mean(bpp):.3f} | {1000 * statistics.median(enc):.0f} | "
-              f"{1000 * statistics.median(dec):.0f} |")
+        for steps in args.refine_steps:
+            codec = ScalableCodec(base, layer, refine=Refinement(steps=steps) if steps else None)
+            enc, dec, bpp, psnr = [], [], [], []
+            for i, img in enumerate(frames):
+                b = codec.encode_base(img, frame_id=i + 1)
+                if i == 0:  # warm-up (the plain path: the refined one is all compute)
+                    ScalableCodec(base, layer).decode_human(b, codec.encode_enhancement(img, b))
+                t0 = time.perf_counter()
+                e = codec.encode_enhancement(img, b)
+                t1 = time.perf_counter()
+                human = codec.decode_human(b, e)
+                dec.append(time.perf_counter() - t1)
+                enc.append(t1 - t0)
+                bpp.append(8 * len(e) / (w * h))
+                err = ((human.astype("float64") - img) ** 2).mean()
+                psnr.append(10 * math.log10(255**2 / err))
+            print(f"| {layer.config.model_id} | {layer.config.kind} | {base.config.model_id} | "
+                  f"{steps} | {statistics.mean(bpp):.3f} | {statistics.mean(psnr):.2f} | "
+                  f"{1000 * statistics.median(enc):.0f} | {1000 * statistics.median(dec):.0f} |")
 
 
 if __name__ == "__main__":
