@@ -61,7 +61,7 @@ class EdgeEncoder:
         if mode not in ("eager", "lazy"):
             raise ValueError(f"enhancement mode must be eager or lazy, got {mode!r}")
         self.mode = mode
-        self.refine = Refinement(steps=refine_steps) if refine_steps else None
+        self._refine = Refinement(steps=refine_steps)
         self.device = device
         self.metrics = metrics or EdgeMetrics()
         self._lock = threading.Lock()
@@ -80,8 +80,7 @@ class EdgeEncoder:
         enh = self._enh_pkg
         if enh is not None and enh.config.base_digest not in ("", pkg.digest):
             enh = None  # the enhancement codec was trained on another base rate point
-        codec = ScalableCodec(pkg, enh, self.device,
-                              refine=self.refine if enh is not None else None)
+        codec = ScalableCodec(pkg, enh, self.device, refine=self._refine)
         self._codecs[pkg.config.model_id] = codec
         return pkg.config.model_id
 

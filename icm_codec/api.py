@@ -146,7 +146,8 @@ class ScalableCodec:
         2560 x 1600 pixels, tiles beyond); decoding the latents is exact either way.
         ``refine``: the encoder refines the latents of the layers that code the human image
         (a single-layer codec's, an enhancement or residual layer's; never a base layer's,
-        whose objective needs the edge mask). Decoding is unchanged."""
+        whose objective needs the edge mask; ``steps=0`` is the plain encoder). Decoding is
+        unchanged."""
         self.device = torch.device(device)
         self.tiling = tiling if tiling is not None else Tiling()
         if base.config.needs_base:

@@ -75,10 +75,9 @@ def _encode(args: argparse.Namespace) -> int:
     if not layers or bad or layers[0] != "base":
         raise ValueError("--layers must be 'base' or 'base,enhancement'")
     enh_path = _resolve(args.enhancement, "enhancement") if "enhancement" in layers else None
-    refine = Refinement(steps=args.refine_steps, progress=True) if args.refine_steps else None
     codec = ScalableCodec.load(_resolve(args.model, "base"), enh_path, args.device,
-                               refine=refine)
-    if refine is not None and codec.base.refine is None and codec.enhancement is None:
+                               refine=Refinement(steps=args.refine_steps, progress=True))
+    if codec.refine is not None and codec.base.refine is None and codec.enhancement is None:
         raise ValueError("--refine-steps refines a single-layer codec or the enhancement "
                          "layer, and this file holds only a machine base layer: add "
                          "--layers base,enhancement or name a single-layer --model")

@@ -135,7 +135,7 @@ class LayerCodec(nn.Module):
         coding it (encoder-side only; :mod:`icm_codec.refine`), counting the distortion on the
         frame's real ``size`` inside the padding."""
         y = _run(self.g_a, self.analysis_input(x, reference), 1 / 16, tiling)
-        if refine is not None and refine.steps:
+        if refine is not None:
             y = refine.run(self, x, y, reference, size, tiling)
         return self.coder.compress(y)
 

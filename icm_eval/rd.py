@@ -76,12 +76,6 @@ def _layered_point(e: Learned, label: str, refine: int) -> RatePoint:
         "steps": e.package.config.meta.get("steps"), "refine": refine})
 
 
-def _refinement(steps: int):
-    from icm_codec import Refinement
-
-    return Refinement(steps=steps) if steps else None
-
-
 def _families(name: str, points: list[RatePoint], keys: Sequence[str]
               ) -> dict[str, list[RatePoint]]:
     """Split one kind's points into curves, one per family: points that differ in any of
@@ -131,6 +125,7 @@ def evaluate(images: Sequence[tuple[str, np.ndarray]], *, bases: Sequence[Path] 
     the same images whose classical curves are taken instead of coding them again.
     ``refine_steps``: encoder-side latent refinement (:mod:`icm_codec.refine`) of the
     human-image layers, one curve per value (0: the plain encoder)."""
+    from icm_codec import Refinement
     from icm_codec.train.masks import edge_mask
 
     base_runs = load_bases(list(dict.fromkeys(bases)))
@@ -161,7 +156,7 @@ def evaluate(images: Sequence[tuple[str, np.ndarray]], *, bases: Sequence[Path] 
     marginal: dict[str, list[RDPoint]] = {}
     fusion, dc, single = [], [], []
     for steps in dict.fromkeys(refine_steps):
-        refine = _refinement(steps)
+        refine = Refinement(steps=steps)  # 0: the plain encoder
         fusion += [_layered_point(e, f"λ={e.lmbda:g} m={e.package.config.m}", steps)
                    for e in load_layered(enhancements, base_runs, refine=refine)]
         dc += [_layered_point(e, f"λ={e.lmbda:g}", steps)

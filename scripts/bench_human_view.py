@@ -13,7 +13,6 @@ of ``icm edge``; 0 is the plain encoder). The warm-up frame is coded without ref
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import statistics
 import time
@@ -39,6 +38,7 @@ def main() -> None:
     from icm_codec import Refinement, ScalableCodec, load_package
     from icm_codec.registry import HUMAN_LAYER_KINDS, find_package, list_packages
     from icm_eval.data import sample_video
+    from icm_eval.metrics import psnr8
 
     torch.set_num_threads(args.threads)
     # read in order, not seeked to (seeking in MPEG-4 AVI lands on key frames)
@@ -56,13 +56,14 @@ def main() -> None:
     for mid in ids:
         layer = load_package(find_package(mid, HUMAN_LAYER_KINDS))
         base = load_package(find_package(layer.config.base_digest[:16], "base"))
+        plain = ScalableCodec(base, layer)
         for steps in args.refine_steps:
-            codec = ScalableCodec(base, layer, refine=Refinement(steps=steps) if steps else None)
+            codec = ScalableCodec(base, layer, refine=Refinement(steps=steps))
             enc, dec, bpp, psnr = [], [], [], []
             for i, img in enumerate(frames):
                 b = codec.encode_base(img, frame_id=i + 1)
-                if i == 0:  # warm-up (the plain path: the refined one is all compute)
-                    ScalableCodec(base, layer).decode_human(b, codec.encode_enhancement(img, b))
+                if i == 0:  # warm-up on the plain path (the refined one is all compute)
+                    plain.decode_human(b, plain.encode_enhancement(img, b))
                 t0 = time.perf_counter()
                 e = codec.encode_enhancement(img, b)
                 t1 = time.perf_counter()
@@ -70,8 +71,7 @@ def main() -> None:
                 dec.append(time.perf_counter() - t1)
                 enc.append(t1 - t0)
                 bpp.append(8 * len(e) / (w * h))
-                err = ((human.astype("float64") - img) ** 2).mean()
-                psnr.append(10 * math.log10(255**2 / err))
+                psnr.append(psnr8(img, human))
             print(f"| {layer.config.model_id} | {layer.config.kind} | {base.config.model_id} | "
                   f"{steps} | {statistics.mean(bpp):.3f} | {statistics.mean(psnr):.2f} | "
                   f"{1000 * statistics.median(enc):.0f} | {1000 * statistics.median(dec):.0f} |")
