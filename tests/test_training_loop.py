@@ -339,6 +339,13 @@ def test_plan_runs_resumes_and_continues_a_shipped_run(tmp_path: Path, photos) -
     args = train_args(plan.jobs["single-t"], plan, runs, tmp_path / "data", "cpu",
                       shipped=shipped)
     assert args[args.index("--init") + 1] == str(shipped / "single-t.icmpkg")
+    # a fresh machine (no run of single-t at all): its shipped package, trained to the plan's
+    # step count, counts as finished and is what the dependent job starts from and refines
+    assert job_status(plan.jobs["single-t"], runs, shipped)["finished"]
+    enh_args = train_args(plan.jobs["enh-t"], plan, runs, tmp_path / "data", "cpu",
+                          shipped=shipped)
+    for flag in ("--init", "--base"):
+        assert enh_args[enh_args.index(flag) + 1] == str(shipped / "single-t.icmpkg")
     from icm_app.main import main
 
     args[args.index("--steps") + 1] = "5"

@@ -178,6 +178,25 @@ def _exported_finished(job: Job, runs: Path) -> bool:
     return steps is not None and steps >= job.steps
 
 
+def _finished_package(job: Job, runs: Path, shipped: Path = SHIPPED) -> Path | None:
+    """The finished package of ``job``: its run's export, else the shipped package that this
+    plan job trained to its full step count (a fresh machine, whose runs folder is empty, still
+    starts the jobs that build on shipped ones); None while it is unfinished."""
+    if _exported_finished(job, runs):
+        return runs / job.id / "model.icmpkg"
+    own = shipped / f"{job.id}.icmpkg"
+    steps = _package_steps(own) if own.is_file() else None
+    if steps is not None and steps >= job.steps and _plan_job_of(own) == job.id:
+        return own
+    return None
+
+
+def _needed_package(plan: Plan, job_id: str, runs: Path, shipped: Path) -> Path:
+    """Where a dependent job finds the package of ``job_id`` (its run's when unfinished: the
+    runner only starts a job once what it needs has finished)."""
+    return _finished_package(plan.jobs[job_id], runs, shipped) or runs / job_id / "model.icmpkg"
+
+
 def job_status(job: Job, runs: Path, shipped: Path = SHIPPED) -> dict[str, Any]:
     """Steps done (checkpoint or exported package), steps planned and whether it finished."""
     run = runs / job.id
@@ -187,7 +206,7 @@ def job_status(job: Job, runs: Path, shipped: Path = SHIPPED) -> dict[str, Any]:
     shipped_steps = _package_steps(shipped / f"{job.id}.icmpkg")
     steps = max(s for s in (done, exported, 0) if s is not None)
     return {"job": job.id, "kind": job.kind, "steps": steps, "planned": job.steps,
-            "finished": _exported_finished(job, runs),
+            "finished": _finished_package(job, runs, shipped) is not None,
             "shipped_steps": shipped_steps, "package": str(pkg) if exported is not None else None}
 
 
@@ -207,9 +226,9 @@ def train_args(job: Job, plan: Plan, runs: Path, data_root: Path, device: str,
     if not (run / "last.pt").is_file() and _plan_job_of(own) == job.id:
         args += ["--init", str(own)]  # continue a previous session's shipped run
     elif job.init:
-        args += ["--init", str(runs / job.init / "model.icmpkg")]
+        args += ["--init", str(_needed_package(plan, job.init, runs, shipped))]
     if job.base:
-        args += ["--base", str(runs / job.base / "model.icmpkg")]
+        args += ["--base", str(_needed_package(plan, job.base, runs, shipped))]
     if device == "cpu":
         args += ["--threads", "1"]
     return [*args, "--plan-job", job.id]
@@ -217,18 +236,19 @@ def train_args(job: Job, plan: Plan, runs: Path, data_root: Path, device: str,
 
 def run_plan(plan: Plan, runs: Path, data_root: Path, *, device: str = "cpu", jobs: int = 2,
              only: list[str] | None = None, nice: int = 10, poll_s: float = 5.0,
-             max_minutes: float | None = None) -> int:
+             max_minutes: float | None = None, shipped: Path = SHIPPED) -> int:
     """Run the plan's unfinished jobs; see :func:`_run_plan`. SIGTERM stops it the way Ctrl-C
     does: running jobs checkpoint and export before the runner returns."""
     from .stopping import stop_signals_interrupt
 
     with stop_signals_interrupt():
-        return _run_plan(plan, runs, data_root, device, jobs, only, nice, poll_s, max_minutes)
+        return _run_plan(plan, runs, data_root, device, jobs, only, nice, poll_s, max_minutes,
+                         shipped)
 
 
 def _run_plan(plan: Plan, runs: Path, data_root: Path, device: str, jobs: int,
-              only: list[str] | None, nice: int, poll_s: float, max_minutes: float | None
-              ) -> int:
+              only: list[str] | None, nice: int, poll_s: float, max_minutes: float | None,
+              shipped: Path = SHIPPED) -> int:
     """Run the plan's unfinished jobs (``only``: those and nothing else) until all are done;
     returns the number of jobs that failed. A job another process is training (its run
     directory locked, e.g. by an earlier runner) is waited for and counts against ``jobs``.
@@ -246,7 +266,7 @@ def _run_plan(plan: Plan, runs: Path, data_root: Path, device: str, jobs: int,
     runs.mkdir(parents=True, exist_ok=True)
     running: dict[str, subprocess.Popen] = {}
     failed: set[str] = set()
-    finished = {j.id for j in plan.jobs.values() if _exported_finished(j, runs)}
+    finished = {j.id for j in plan.jobs.values() if _finished_package(j, runs, shipped)}
     slots = jobs if jobs > 0 else len(wanted)
     deadline = time.monotonic() + max_minutes * 60 if max_minutes else None
     stopping = False
@@ -281,7 +301,7 @@ def _run_plan(plan: Plan, runs: Path, data_root: Path, device: str, jobs: int,
                 break
             if job.id in failed | elsewhere or not all(n in finished for n in job.needs):
                 continue
-            args = train_args(job, plan, runs, data_root, device)
+            args = train_args(job, plan, runs, data_root, device, shipped)
             (runs / job.id).mkdir(parents=True, exist_ok=True)
             env = {**os.environ, "OMP_NUM_THREADS": "1"} if device == "cpu" else None
             cmd = [sys.executable, "-m", "icm_codec.cli", "train", *args]
