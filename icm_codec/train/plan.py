@@ -371,7 +371,7 @@ def compare(plan: Plan, runs: Path, data_root: Path, shipped: Path = SHIPPED,
         pkg = runs / job.id / "model.icmpkg"
         if (only and job.id not in only) or not pkg.is_file():
             continue
-        base = runs / job.base / "model.icmpkg" if job.base else None
+        base = _needed_package(plan, job.base, runs, shipped) if job.base else None
         new = score_package(pkg, images, base)
         old_pair = _counterpart(job, shipped)
         old = score_package(old_pair[0], images, old_pair[1]) if old_pair else None
