@@ -108,17 +108,20 @@ def _run(args: argparse.Namespace) -> int:
     if not models:
         raise AnalyticsError("--models names no model")
     qualities = parse_qualities(args.qualities)
-    if args.base is None:
-        from icm_codec.registry import list_packages
+    from icm_codec.errors import ModelPackageError
+    from icm_codec.registry import HUMAN_LAYER_KINDS, find_package, list_packages
 
-        bases = [i.path for i in list_packages() if i.kind == "base"]
-    else:
-        bases = [Path(b) for b in args.base]
-    for b in [*bases, *(args.enhancement or [])]:
-        if not Path(b).is_file():
-            raise AnalyticsError(f"model package not found: {b}")
+    def resolve(name: str, kind: str | tuple) -> Path:
+        """A path, model id or digest, as every other command takes them."""
+        try:
+            return find_package(name, kind)
+        except ModelPackageError as e:
+            raise AnalyticsError(f"model package not found: {name} ({e})") from e
+
+    bases = ([i.path for i in list_packages() if i.kind == "base"] if args.base is None
+             else [resolve(b, "base") for b in args.base])
     enhancements = (installed_enhancements(bases) if args.enhancement is None
-                    else [Path(e) for e in args.enhancement])
+                    else [resolve(e, HUMAN_LAYER_KINDS) for e in args.enhancement])
 
     n_img = args.images or None
     max_side = args.max_side or None
