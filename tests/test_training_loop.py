@@ -431,3 +431,34 @@ def test_a_background_trainer_stopped_by_a_signal_keeps_what_it_learned(
     steps = load_package(out / "model.icmpkg").config.meta["steps"]
     assert steps >= 20
     assert torch.load(out / "last.pt", weights_only=False)["step"] == steps
+
+
+def test_plan_jobs_are_niced_in_their_own_scheduling_group(tmp_path: Path) -> None:
+    """A job runs in its own session; under autogroups its nice value only counts inside that
+    group, so the runner nices the group as well."""
+    import os
+    import time
+
+    from icm_codec.train.plan import _launch
+
+    group = Path("/proc/self/autogroup")
+    try:  # writing back our own group's value tells whether groups can be niced here
+        group.write_text(group.read_text().split()[-1])
+    except (OSError, IndexError):
+        pytest.skip("no autogroups to nice here (/proc/self/autogroup absent or read-only)")
+    import sys
+
+    proc = _launch([sys.executable, "-c", "import time; time.sleep(5)"], tmp_path / "log",
+                   None, 7)
+    try:
+        deadline = time.monotonic() + 5
+        text = ""
+        while time.monotonic() < deadline and "nice 7" not in text:
+            text = Path(f"/proc/{proc.pid}/autogroup").read_text()
+            time.sleep(0.05)
+        assert text.strip().endswith("nice 7"), text
+        own = os.getpriority(os.PRIO_PROCESS, 0)
+        assert os.getpriority(os.PRIO_PROCESS, proc.pid) == min(own + 7, 19)
+    finally:
+        proc.kill()
+        proc.wait()
