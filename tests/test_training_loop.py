@@ -437,6 +437,7 @@ def test_plan_jobs_are_niced_in_their_own_scheduling_group(tmp_path: Path) -> No
     """A job runs in its own session; under autogroups its nice value only counts inside that
     group, so the runner nices the group as well."""
     import os
+    import sys
     import time
 
     from icm_codec.train.plan import _launch
@@ -446,7 +447,6 @@ def test_plan_jobs_are_niced_in_their_own_scheduling_group(tmp_path: Path) -> No
         group.write_text(group.read_text().split()[-1])
     except (OSError, IndexError):
         pytest.skip("no autogroups to nice here (/proc/self/autogroup absent or read-only)")
-    import sys
 
     proc = _launch([sys.executable, "-c", "import time; time.sleep(5)"], tmp_path / "log",
                    None, 7)

@@ -185,8 +185,8 @@ def _finished_package(job: Job, runs: Path, shipped: Path = SHIPPED) -> Path | N
     if _exported_finished(job, runs):
         return runs / job.id / "model.icmpkg"
     own = shipped / f"{job.id}.icmpkg"
-    steps = _package_steps(own) if own.is_file() else None
-    if steps is not None and steps >= job.steps and _plan_job_of(own) == job.id:
+    meta = _package_meta(own) or {}  # one read of the card: absent or torn reads as unfinished
+    if meta.get("plan_job") == job.id and int(meta.get("steps", 0)) >= job.steps:
         return own
     return None
 
