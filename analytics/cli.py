@@ -169,8 +169,11 @@ def _run(args: argparse.Namespace) -> int:
             if cell.get("ratio") is not None and c != "JPEG":
                 txt += f" ({cell['ratio_bound']} {cell['ratio']:.2f}x JPEG)"
             print(f"  {c:6s} {txt}")
-        verdict = {True: "met", False: "not met", None: "undetermined"}[t["met"]]
-        print(f"  target (base <= 0.5x JPEG bpp): {verdict}")
+        for g in t["goals"]:
+            verdict = {True: "met", False: "not met", None: "undetermined"}[g["met"]]
+            if g["cell"] is None:
+                verdict = f"{g['anchor']} not measured"
+            print(f"  {g['role']} (base <= {g['factor']:g}x {g['anchor']} bpp): {verdict}")
     for m, a in result["adapted"].items():
         for set_name, per_view in a["sets"].items():
             view = "box/person" if "box/person" in per_view else "box"

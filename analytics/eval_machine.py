@@ -6,7 +6,8 @@ model is scored with COCO mAP against the set's labels (COCO8) or against its ow
 original images (pseudo-ground-truth: video frames, photos). From the curves of mAP versus bpp:
 
 - the bpp each codec needs to keep ``keep`` (95%) of the original-image mAP, and its ratio to
-  JPEG's (the target: the base layer needs at most half of JPEG's bits on the video frames);
+  JPEG's; the target (``GOALS``): the base layer needs no more bits than WebP on the video
+  frames (stretch: half of AVIF's; the first benchmark's goal, half of JPEG's, is kept beside);
 - robustness: mAP of every model under every codec at the base layer's bpp (matched bpp);
 - adapted detectors (``adapted``): each is scored against its stock source's reference, on the
   original images (its regression), on the base layers it was adapted to and on human images;
@@ -123,41 +124,50 @@ def bpp_to_keep(points: Sequence[tuple[float, float | None]],
     return {"bpp": float(math.exp(lo + t * (hi - lo))), "bound": "="}
 
 
-def _ratio(mine: dict[str, Any], jpeg: dict[str, Any] | None) -> dict[str, Any]:
-    """Ratio of bpp to JPEG's, with the direction of any bound."""
-    if jpeg is None or mine["bpp"] is None or jpeg["bpp"] is None:
+def _ratio(mine: dict[str, Any], anchor: dict[str, Any] | None) -> dict[str, Any]:
+    """Ratio of bpp to the anchor's (JPEG's in the tables), with the direction of any bound."""
+    if anchor is None or mine["bpp"] is None or anchor["bpp"] is None:
         return {"ratio": None, "ratio_bound": "n/a"}
-    r = mine["bpp"] / jpeg["bpp"]
-    bounds = {mine["bound"], jpeg["bound"]}
+    r = mine["bpp"] / anchor["bpp"]
+    bounds = {mine["bound"], anchor["bound"]}
     if bounds == {"="}:
         rb = "="
-    elif mine["bound"] == "<=" and jpeg["bound"] == "=":
+    elif mine["bound"] == "<=" and anchor["bound"] == "=":
         rb = "<="
-    elif mine["bound"] == "=" and jpeg["bound"] == "<=":
+    elif mine["bound"] == "=" and anchor["bound"] == "<=":
         rb = ">="
     else:
         rb = "~"  # both only bounded: the lowest rates tested decide
     return {"ratio": r, "ratio_bound": rb}
 
 
-def _target_met(base: dict | None, jpeg: dict | None, goal: float = 0.5,
+# The target's goals, headline first: (anchor codec, most bits as a multiple of its, what it is).
+GOALS: tuple[tuple[str, float, str], ...] = (
+    ("WebP", 1.0, "target"),
+    ("AVIF", 0.5, "stretch"),
+    ("JPEG", 0.5, "first goal"),
+)
+
+
+def _target_met(base: dict | None, anchor: dict | None, goal: float = 0.5,
                 threshold: float | None = None) -> bool | None:
-    """True / False where the measurements decide ``base bpp <= goal x JPEG bpp``, else None.
+    """True / False where the measurements decide ``base bpp <= goal x anchor bpp``, else None.
 
     A base layer that keeps the accuracy at none of its rate points does not meet the target
-    when JPEG keeps it at some measured rate (``threshold`` given: JPEG's best mAP reaches it,
-    even where a noisy curve dips again at a higher rate).
+    when the anchor keeps it at some measured rate (``threshold`` given: the anchor's best mAP
+    reaches it, even where a noisy curve dips again at a higher rate).
     """
-    if base is None or jpeg is None:
+    if base is None or anchor is None:
         return None
-    jpeg_reaches = jpeg["bpp"] is not None or (
-        threshold is not None and jpeg.get("best_map") is not None
-        and jpeg["best_map"] >= threshold - 1e-12)
+    anchor_reaches = anchor["bpp"] is not None or (
+        threshold is not None and anchor.get("best_map") is not None
+        and anchor["best_map"] >= threshold - 1e-12)
     if base["bpp"] is None:
-        return False if base["bound"] == "not reached" and jpeg_reaches else None
-    if jpeg["bpp"] is None:
-        return None  # nothing to compare with (JPEG never keeps the accuracy)
-    r, rb = base["ratio"], base["ratio_bound"]
+        return False if base["bound"] == "not reached" and anchor_reaches else None
+    if anchor["bpp"] is None:
+        return None  # nothing to compare with (the anchor never keeps the accuracy)
+    rel = _ratio(base, anchor)
+    r, rb = rel["ratio"], rel["ratio_bound"]
     if r <= goal and rb in ("=", "<="):
         return True
     if r > goal and rb in ("=", ">="):
@@ -166,11 +176,18 @@ def _target_met(base: dict | None, jpeg: dict | None, goal: float = 0.5,
 
 
 def _target_row(rows: dict, view: str) -> dict[str, Any]:
+    """One view's verdicts: the base layer against every goal's anchor (None: not measured)."""
     row = rows[view]
     threshold = row.get("_reference", {}).get("threshold")
-    return {"view": view, "base": row.get("base"), "jpeg": row.get("JPEG"),
-            "threshold": threshold,
-            "met": _target_met(row.get("base"), row.get("JPEG"), threshold=threshold)}
+    base = row.get("base")
+    goals = []
+    for anchor, factor, role in GOALS:
+        cell = row.get(anchor)
+        rel = _ratio(base, cell) if base is not None else {"ratio": None, "ratio_bound": "n/a"}
+        goals.append({"anchor": anchor, "factor": factor, "role": role, "cell": cell, **rel,
+                      "met": _target_met(base, cell, factor, threshold)})
+    return {"view": view, "base": base, "jpeg": row.get("JPEG"), "threshold": threshold,
+            "goals": goals, "met": goals[0]["met"]}
 
 
 def _run_point(point_run, sets: Sequence[EvalSet]) -> tuple[dict, dict, float]:
@@ -276,7 +293,7 @@ def evaluate_machine(sets: Sequence[EvalSet], points: Sequence[RatePoint],
     first = detectors.names[0]
     rows = keep_table[tgt_set][first]
     target = {"set": tgt_set, "model": first, "keep": keep,
-              "goal": "base-layer bpp <= 0.5 x JPEG bpp at equal accuracy",
+              "goal": "base-layer bpp <= WebP bpp at equal accuracy (stretch: <= 0.5 x AVIF)",
               **_target_row(rows, "box"),
               # persons: the stable class on surveillance video (the all-class mAP is noisy)
               "person": _target_row(rows, f"box/{PERSON}") if f"box/{PERSON}" in rows else None}

@@ -23,8 +23,9 @@ from analytics import (
     load_yolo_labels,
     resolve_weights,
 )
-from analytics.eval_machine import _target_met, bpp_to_keep, value_at_bpp
+from analytics.eval_machine import GOALS, _target_met, _target_row, bpp_to_keep, value_at_bpp
 from analytics.labelled import load_labelled
+from analytics.report import target_lines
 from icm_eval.classical import classical_points, parse_qualities
 from icm_eval.data import load_photos, parse_frame_range, sample_video
 from icm_eval.errors import EvalError
@@ -375,7 +376,8 @@ def test_target_verdict() -> None:
     half = {"bpp": 0.25, "bound": "=", "ratio": 0.25 / 0.6, "ratio_bound": "="}
     assert _target_met(half, jpeg) is True
     assert _target_met({**half, "bpp": 0.4, "ratio": 0.4 / 0.6}, jpeg) is False
-    assert _target_met({**half, "ratio_bound": "~"}, jpeg) is None
+    # both only bounded (kept at the lowest rate of each sweep): the sweeps cannot decide
+    assert _target_met({**half, "bound": "<="}, {**jpeg, "bound": "<="}) is None
     never = {"bpp": None, "bound": "not reached", "best_map": 0.3, "at_bpp": 0.3}
     assert _target_met(never, jpeg) is False
     # JPEG reaches 95% at one rate but dips below it again at the highest: still decides
@@ -383,3 +385,25 @@ def test_target_verdict() -> None:
     assert _target_met(never, dips, threshold=0.95) is False
     assert _target_met(never, {**dips, "best_map": 0.9}, threshold=0.95) is None
     assert _target_met(half, dips, threshold=0.95) is None
+
+
+def test_target_row_judges_every_goal_against_its_own_anchor() -> None:
+    """The headline goal is WebP at equal bits; AVIF (stretch) and JPEG are at half their bits."""
+    cell = {"bound": "="}
+    row = {"base": {**cell, "bpp": 0.40}, "WebP": {**cell, "bpp": 0.426},
+           "AVIF": {**cell, "bpp": 0.30}, "_reference": {"threshold": 0.95}}
+    t = _target_row({"box/person": row}, "box/person")
+    goals = {g["anchor"]: g for g in t["goals"]}
+    assert [g["anchor"] for g in t["goals"]] == [a for a, _, _ in GOALS]
+    assert goals["WebP"]["met"] is True and t["met"] is True
+    assert goals["WebP"]["ratio"] == pytest.approx(0.40 / 0.426)
+    assert goals["AVIF"]["met"] is False  # 0.40 > 0.5 x 0.30
+    assert goals["JPEG"]["met"] is None and goals["JPEG"]["cell"] is None  # not measured
+    lines = target_lines({**t, "person": None})
+    assert len(lines) == 1 and "target ≤ WebP (0.426, 0.94×): **met**" in lines[0]
+    assert "stretch ≤ 0.5× AVIF (0.300, 1.33×): **not met**" in lines[0]
+    assert "≤ 0.5× JPEG: not measured" in lines[0]
+    # a base that never keeps the accuracy fails where the anchor keeps it
+    never = {"bpp": None, "bound": "not reached", "best_map": 0.9, "at_bpp": 0.5}
+    t = _target_row({"box": {**row, "base": never}}, "box")
+    assert t["met"] is False and "not reached (best 0.900 at 0.500 bpp);" in target_lines(t)[0]

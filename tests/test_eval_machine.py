@@ -65,6 +65,7 @@ def test_writes_json_plots_and_report(machine_run: tuple[Path, str]) -> None:
     assert res["target"]["set"] == "vtest" and res["target"]["model"] == "yolo11n"
     assert res["target"]["met"] in (True, False, None) and res["target"]["view"] == "box"
     assert res["target"]["person"]["view"] == "box/person"
+    assert [g["anchor"] for g in res["target"]["goals"]] == ["WebP", "AVIF", "JPEG"]
     for name in ("map_vs_bpp_vtest.png", "map_vs_bpp_coco8.png", "bpp_to_keep.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (out / "report.md").read_text()
