@@ -14,7 +14,7 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["bpp_of", "psnr", "rate_distortion_loss"]
+__all__ = ["bpp_of", "loss_weights", "psnr", "rate_distortion_loss"]
 
 
 def bpp_of(likelihoods: dict[str, Tensor], num_pixels: int) -> Tensor:
@@ -28,9 +28,19 @@ def psnr(mse: float | Tensor) -> float:
     return 99.0 if mse <= 1e-10 else 10 * math.log10(1.0 / mse)
 
 
+def loss_weights(mask: Tensor, outside: float = 0.0) -> Tensor:
+    """Per-pixel distortion weights from a {0,1} loss mask: 1 inside, ``outside`` elsewhere.
+
+    SA-ICM counts the mask alone (``outside`` 0), which leaves the rest of the image free to
+    drift in colour and lose the texture inside objects; a small weight keeps some of it.
+    """
+    return mask if outside == 0 else mask + outside * (1.0 - mask)
+
+
 def rate_distortion_loss(out: dict, x: Tensor, lmbda: float, mask: Tensor | None = None,
                          z_weight: float = 1.0) -> dict[str, Tensor]:
-    """Loss terms for one batch; ``mask`` (N,1,H,W in {0,1}) restricts the distortion.
+    """Loss terms for one batch; ``mask`` (N,1,H,W, weights in [0,1], e.g. from
+    :func:`loss_weights`) restricts the distortion.
 
     ``z_weight`` scales the hyper-latent's rate in the loss only (``bpp`` stays the whole
     estimate): below 1 early in a run it lets z grow large enough to carry information before

@@ -15,7 +15,7 @@ from PIL import Image
 
 from icm_codec import CodecConfig, create_model
 from icm_codec.latent import L_MIN, LOG_SCALE_FRAC, floor_log_scale
-from icm_codec.losses import bpp_of, rate_distortion_loss
+from icm_codec.losses import bpp_of, loss_weights, rate_distortion_loss
 from icm_codec.training import LRSchedule, WeightEMA, make_optimizers, set_lr, z_rate_weight
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -234,6 +234,27 @@ def test_crops_are_randomly_downscaled() -> None:
     assert min(windows) >= 128 and max(windows) <= 256 and len(windows) > 5
     x, m = b.next(4)
     assert x.shape == (4, 3, 128, 128) and m.shape == (4, 1, 128, 128)
+
+
+def test_outside_weight_counts_the_pixels_outside_the_mask_at_that_weight(tmp_path: Path
+                                                                           ) -> None:
+    from icm_codec.train.config import TrainConfig
+    from icm_codec.train.trainer import train
+
+    x = torch.zeros(1, 3, 4, 4)
+    x_hat = torch.full_like(x, 0.1)
+    x_hat[..., :, 2:] = 0.3  # the right half (outside the mask) is further off
+    mask = torch.zeros(1, 1, 4, 4)
+    mask[..., :, :2] = 1
+    out = {"x_hat": x_hat, "likelihoods": {"y": torch.ones(1), "z": torch.ones(1)}}
+    inside, outside = 0.1**2 / 2, 0.3**2 / 2  # each half's share of the mean squared error
+    for w, want in ((0.0, inside), (0.1, inside + 0.1 * outside), (1.0, inside + outside)):
+        mse = rate_distortion_loss(out, x, 0.01, loss_weights(mask, w))["mse"]
+        assert float(mse) == pytest.approx(want, rel=1e-5)
+    assert loss_weights(mask, 0.0) is mask  # SA-ICM's loss is untouched
+    with pytest.raises(ValueError, match=r"--outside-weight must lie in \[0, 1\]"):
+        train(TrainConfig(kind="base", data=[str(tmp_path)], lmbda=0.01,
+                          out=str(tmp_path / "run"), outside_weight=1.5), progress=False)
 
 
 # -- warm starts -----------------------------------------------------------------------------

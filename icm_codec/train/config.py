@@ -28,6 +28,9 @@ class TrainConfig:
                      help="loss mask (default: edges for base, full otherwise)")
     alpha: float = flag(0.93, help="edge-mask confidence knob (lower: more segments, more edges)")
     band: int = flag(3, help="edge-mask band: boundaries dilated by this many pixels")
+    outside_weight: float = flag(0.0,  # issue 10: against colour drift / smeared interiors
+                                 help="base: weight of the pixels outside the loss mask in the "
+                                      "distortion (0: the mask alone, as SA-ICM; 1: plain MSE)")
     sam_checkpoint: str | None = flag(None, help="Segment Anything checkpoint for edge masks")
     seg_weights: str | None = flag(None,
                                    help="instance-segmentation weights for object masks")

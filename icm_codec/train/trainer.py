@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from ..config import CodecConfig
 from ..kinds import LayerKind
-from ..losses import psnr, rate_distortion_loss
+from ..losses import loss_weights, psnr, rate_distortion_loss
 from ..models import LayerCodec, base_reference, create_model
 from ..package import load_package, save_package
 from ..registry import find_package
@@ -327,6 +327,8 @@ def run_in_use(out: Path) -> bool:
 def _train(cfg: TrainConfig, out: Path, progress: bool) -> Path:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if not 0.0 <= cfg.outside_weight <= 1.0:
+        raise ValueError(f"--outside-weight must lie in [0, 1], got {cfg.outside_weight}")
     torch.manual_seed(cfg.seed)
     model, base = _build(cfg)
     model.coder.z_noise = cfg.z_noise
@@ -412,7 +414,8 @@ def _train(cfg: TrainConfig, out: Path, progress: bool) -> Path:
             x, m = batches.next(cfg.batch)
             x, m = x.to(cfg.device), m.to(cfg.device)
             terms = train_step(model, opt, aux_opt, x, cfg.lmbda, reference=ref(x),
-                               mask=m if use_mask else None, clip=cfg.clip,
+                               mask=loss_weights(m, cfg.outside_weight) if use_mask else None,
+                               clip=cfg.clip,
                                z_weight=z_rate_weight(step, cfg.z_rate_ramp))
             ema.update(model)
             step += 1
