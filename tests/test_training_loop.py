@@ -4,6 +4,7 @@ plus the data mix, warm starts and the training plan."""
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 from pathlib import Path
@@ -255,6 +256,47 @@ def test_outside_weight_counts_the_pixels_outside_the_mask_at_that_weight(tmp_pa
     with pytest.raises(ValueError, match=r"--outside-weight must lie in \[0, 1\]"):
         train(TrainConfig(kind="base", data=[str(tmp_path)], lmbda=0.01,
                           out=str(tmp_path / "run"), outside_weight=1.5), progress=False)
+
+
+def test_a_diverged_run_goes_back_to_its_last_healthy_state() -> None:
+    from icm_codec.train.guard import DivergenceGuard, validation_objective
+
+    model = _small()
+    opt, aux_opt = make_optimizers(model, 1e-3)
+    ema = WeightEMA(model, 0.9)
+    guard = DivergenceGuard({"model": model, "opt": opt, "aux_opt": aux_opt, "ema": ema}, 0.2)
+    x = torch.rand(1, 3, 64, 64)
+
+    def train_a_step() -> None:
+        out = model(x)
+        loss = rate_distortion_loss(out, x, 0.01)["loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        ema.update(model)
+
+    train_a_step()
+    assert not guard.check(1.0, 500)
+    train_a_step()
+    assert not guard.check(0.9, 1000)  # the best so far: its state is the snapshot
+    healthy = {k: v.clone() for k, v in model.state_dict().items()}
+    healthy_opt = copy.deepcopy(opt.state_dict()["state"])
+    train_a_step()
+    assert not guard.check(1.05, 1500)  # within 20 % of the best: healthy, a new snapshot
+    healthy = {k: v.clone() for k, v in model.state_dict().items()}
+    healthy_opt = copy.deepcopy(opt.state_dict()["state"])
+    for _ in range(3):
+        train_a_step()
+    assert guard.check(1.2, 2000)  # 33 % above the best
+    assert guard.restore() == 1500 and guard.rollbacks == 1
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, healthy[k]), k
+    for i, st in opt.state_dict()["state"].items():
+        assert torch.equal(st["exp_avg"], healthy_opt[i]["exp_avg"])
+    assert guard.check(float("nan"), 2500)  # NaN weights diverged too
+    assert not DivergenceGuard({"model": model}, 0.0).check(float("nan"), 0)  # 0: off
+    row = {"val_bpp": 0.5, "val_psnr": 30.0, "val_psnr_mask": float("nan")}
+    assert validation_objective(row, 0.01, masked=True) == pytest.approx(0.5 + 0.01 * 65.025)
 
 
 # -- warm starts -----------------------------------------------------------------------------

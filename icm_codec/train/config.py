@@ -71,6 +71,11 @@ class TrainConfig:
     ema: float = flag(0.999,  # validation and export use the moving average of the weights
                       help="weight-average decay (validation and export use the average)")
     clip: float = flag(1.0, help="gradient-norm clip")
+    divergence_tolerance: float = flag(0.2,  # icm_codec/train/guard.py: why
+                                       help="a validation objective this share above the "
+                                            "best so far is a divergence: the last healthy "
+                                            "weights come back and the peak rate halves (0: "
+                                            "off)")
     device: str = flag("cpu", help="cpu or cuda")
     seed: int = flag(0, help="random seed (weights and crops)")
     checkpoint_minutes: float = flag(5.0, help="write last.pt at least this often")

@@ -47,6 +47,7 @@ from ..training import (
 )
 from .config import TrainConfig
 from .data import VIDEO_EXTS, Sample, load_dataset
+from .guard import DivergenceGuard, validation_objective
 from .masks import MaskMaker
 from .stopping import stop_signals_interrupt
 
@@ -402,6 +403,8 @@ def _train(cfg: TrainConfig, out: Path, progress: bool) -> Path:
             return export(model, cfg, out / "model.icmpkg", step=step, wall=wall,
                           n_train=len(train_s), schedule=schedule, init=init, zs=zs)
 
+    guard = DivergenceGuard({"model": model, "opt": opt, "aux_opt": aux_opt, "ema": ema},
+                            cfg.divergence_tolerance)
     model.train()
     last_ckpt = last_export = time.monotonic()
     bar = tqdm(total=cfg.steps, initial=step, desc=f"train {cfg.kind} λ={cfg.lmbda:g}",
@@ -426,6 +429,14 @@ def _train(cfg: TrainConfig, out: Path, progress: bool) -> Path:
             if step % cfg.val_every == 0 or step == cfg.steps:
                 with ema.applied(model):
                     row |= _validate(model, ref, val, cfg.lmbda, cfg.device)
+                objective = validation_objective(row, cfg.lmbda, use_mask) if row.get(
+                    "val_bpp") is not None else None
+                if objective is not None and guard.check(objective, step):
+                    back = guard.restore()
+                    schedule = dataclasses.replace(schedule, peak=schedule.peak / 2)
+                    bar.write(f"step {step}: diverged (validation objective {objective:.4g}, "
+                              f"best {guard.best:.4g}): back to the weights of step {back}, "
+                              f"peak learning rate halved to {schedule.peak:.3g}")
                 bar.write(f"step {step}: " + ", ".join(
                     f"{k}={v:.4g}" for k, v in row.items() if k.startswith("val")))
             if step % 10 == 0 or "val_bpp" in row:
