@@ -1,0 +1,87 @@
+"""BD-rates between curves made of chosen points of `icm eval-rd` results.
+
+`icm eval-rd` merges every `--single` package into one curve; comparing training rounds (or any
+other grouping) needs curves made of some of those points. This picks them by the package path
+(a suffix of the point's `extra.model`) from one or more rd.json files of the same images and
+prints each curve's points and its BD-rate (PSNR) against JPEG / WebP / AVIF and every other
+curve:
+
+    python scripts/bd_curves.py out/rd-s13-single/rd.json -- \
+        r4=single-gdn-l0.0035.icmpkg,l0.013-r4.icmpkg,l0.0483-r4.icmpkg \
+        r5=single-gdn-l0.0035.icmpkg,l0.013-r5/model.icmpkg,l0.0483-r5/model.icmpkg
+
+`--kind` picks another curve of rd.json by its name there (e.g. a DC or enhancement curve);
+the default is the single-layer codec's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from icm_eval.metrics import bd_rate
+from icm_eval.points import RDPoint
+
+ANCHORS = ("JPEG", "WebP", "AVIF")
+
+
+def load_points(paths: list[Path], family: str) -> tuple[dict[str, list[RDPoint]], list[RDPoint]]:
+    """The classical curves (the last file that has each wins) and every point of ``family``."""
+    anchors: dict[str, list[RDPoint]] = {}
+    points: list[RDPoint] = []
+    for path in paths:
+        try:
+            curves = json.loads(path.read_text())["curves"]
+        except (OSError, ValueError, KeyError) as e:
+            raise SystemExit(f"cannot read the curves of {path}: {e}") from None
+        for name in ANCHORS:
+            if curves.get(name):
+                anchors[name] = [RDPoint(**p) for p in curves[name]]
+        points += [RDPoint(**p) for p in curves.get(family, [])]
+    return anchors, points
+
+
+def pick(points: list[RDPoint], suffixes: list[str]) -> list[RDPoint]:
+    """The points whose package path ends with one of ``suffixes`` (one per package), by rate."""
+    chosen = {str(p.extra.get("model", "")): p for p in points
+              if any(str(p.extra.get("model", "")).endswith(s) for s in suffixes)}
+    return sorted(chosen.values(), key=lambda p: p.bpp)
+
+
+def table(curves: dict[str, list[RDPoint]], anchors: dict[str, list[RDPoint]]) -> list[str]:
+    lines = []
+    for name, pts in curves.items():
+        lines.append(f"{name}: " + "  ".join(f"{p.bpp:.3f} bpp / {p.psnr:.2f} dB" for p in pts))
+    for name, pts in curves.items():
+        others = {**anchors, **{n: c for n, c in curves.items() if n != name}}
+        lines.append(f"{name} BD-rate: " + ", ".join(
+            f"vs {n} {bd_rate(c, pts):+.1f} %" for n, c in others.items()))
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--" not in argv:
+        raise SystemExit("usage: bd_curves.py RD_JSON... [--kind FAMILY] -- NAME=SUFFIX,... ...")
+    cut = argv.index("--")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("rd_json", nargs="+", type=Path)
+    ap.add_argument("--kind", default="single-layer",
+                    help="the rd.json curve whose points are picked")
+    args = ap.parse_args(argv[:cut])
+    anchors, points = load_points(args.rd_json, args.kind)
+    curves = {}
+    for spec in argv[cut + 1:]:
+        name, _, suffixes = spec.partition("=")
+        pts = pick(points, [s for s in suffixes.split(",") if s])
+        if not name or not pts:
+            raise SystemExit(f"{spec!r}: no {args.kind} point matches (NAME=SUFFIX,SUFFIX,...)")
+        curves[name] = pts
+    print("\n".join(table(curves, anchors)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
