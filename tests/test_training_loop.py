@@ -299,6 +299,30 @@ def test_a_diverged_run_goes_back_to_its_last_healthy_state() -> None:
     assert validation_objective(row, 0.01, masked=True) == pytest.approx(0.5 + 0.01 * 65.025)
 
 
+def test_the_trainer_rolls_a_blown_up_run_back_to_where_it_started(tmp_path: Path, photos,
+                                                                    capsys) -> None:
+    """A rate of 1.0 wrecks the weights within two steps; the first validation finds it and
+    the trainer goes back to the state it started from (validated before the first step)."""
+    from icm_codec import load_package
+    from icm_codec.train.config import TrainConfig
+    from icm_codec.train.trainer import train
+
+    data = tmp_path / "pics"
+    data.mkdir()
+    for i, p in enumerate(photos[:4]):
+        Image.fromarray(p[:128, :128]).save(data / f"p{i}.png")
+    out = tmp_path / "run"
+    cfg = TrainConfig(kind="single", data=[str(data)], lmbda=0.01, out=str(out), N=32, crop=64,
+                      batch=1, steps=2, lr=1.0, warmup=0, decay=1, val_every=2, threads=1)
+    train(cfg, progress=False)
+    text = capsys.readouterr().out
+    assert "step 2: diverged" in text and "back to the weights of step 0" in text
+    ck = torch.load(out / "last.pt", weights_only=False)
+    assert ck["schedule"]["peak"] == 0.5  # halved, and kept for a resumed run
+    weights = load_package(out / "model.icmpkg").model.state_dict()
+    assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
+
+
 # -- warm starts -----------------------------------------------------------------------------
 def test_enhancement_warm_start_begins_at_the_base_quality(tmp_path: Path) -> None:
     """From a single-layer trunk: g_human is the trunk's synthesis and ŷa starts at zero, so

@@ -4,8 +4,11 @@ GDN codecs fine-tuned at a high peak rate can blow up part-way through a run: in
 both round-5 trunks (lr 2e-4) fell from ~28.9 dB to 21.4 dB on validation around step 1,850
 and were still below their start 4,000 steps later, so the whole run was lost. The gradient
 clip does not stop it (the blow-up builds over a few hundred clipped steps). The guard keeps
-the state of the last healthy validation in memory; a validation objective well above the
-best so far restores it and halves the peak rate for the rest of the run.
+the state of the last healthy validation in memory (the trainer validates once before its
+first step, so the state a run starts or resumes from counts); a validation objective well
+above the best so far restores it and halves the peak rate for the rest of the run. (A base
+resumed at step 1,290 at lr 3e-4 blew up before its first validation in session 13, when the
+guard had no baseline yet.)
 """
 
 from __future__ import annotations

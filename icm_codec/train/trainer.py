@@ -405,6 +405,13 @@ def _train(cfg: TrainConfig, out: Path, progress: bool) -> Path:
 
     guard = DivergenceGuard({"model": model, "opt": opt, "aux_opt": aux_opt, "ema": ema},
                             cfg.divergence_tolerance)
+    if guard.tolerance and step < cfg.steps:
+        # the state a run starts from (warm start or checkpoint) is the first one to go back
+        # to: a resumed run that blew up before its first validation had nothing to restore
+        with ema.applied(model):
+            start = _validate(model, ref, val, cfg.lmbda, cfg.device)
+        if start.get("val_bpp") is not None:
+            guard.check(validation_objective(start, cfg.lmbda, use_mask), step)
     model.train()
     last_ckpt = last_export = time.monotonic()
     bar = tqdm(total=cfg.steps, initial=step, desc=f"train {cfg.kind} λ={cfg.lmbda:g}",
