@@ -11,7 +11,8 @@ curve:
         r5=single-gdn-l0.0035.icmpkg,l0.013-r5/model.icmpkg,l0.0483-r5/model.icmpkg
 
 `--kind` picks another curve of rd.json by its name there (e.g. a DC or enhancement curve);
-the default is the single-layer codec's.
+the default is the single-layer codec's. `--marginal` takes that curve's marginal points
+instead (the human layer's own bits, without the base), as `eval-rd`'s marginal table does.
 """
 
 from __future__ import annotations
@@ -27,19 +28,23 @@ from icm_eval.points import RDPoint
 ANCHORS = ("JPEG", "WebP", "AVIF")
 
 
-def load_points(paths: list[Path], family: str) -> tuple[dict[str, list[RDPoint]], list[RDPoint]]:
-    """The classical curves (the last file that has each wins) and every point of ``family``."""
+def load_points(paths: list[Path], family: str, marginal: bool = False
+                ) -> tuple[dict[str, list[RDPoint]], list[RDPoint]]:
+    """The classical curves (the last file that has each wins) and every point of ``family``
+    (its marginal points: the layer's own bits, with ``marginal``)."""
     anchors: dict[str, list[RDPoint]] = {}
     points: list[RDPoint] = []
     for path in paths:
         try:
-            curves = json.loads(path.read_text())["curves"]
+            rd = json.loads(path.read_text())
+            curves = rd["curves"]
         except (OSError, ValueError, KeyError) as e:
             raise SystemExit(f"cannot read the curves of {path}: {e}") from None
         for name in ANCHORS:
             if curves.get(name):
                 anchors[name] = [RDPoint(**p) for p in curves[name]]
-        points += [RDPoint(**p) for p in curves.get(family, [])]
+        source = rd.get("marginal", {}) if marginal else curves
+        points += [RDPoint(**p) for p in source.get(family, [])]
     return anchors, points
 
 
@@ -70,8 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("rd_json", nargs="+", type=Path)
     ap.add_argument("--kind", default="single-layer",
                     help="the rd.json curve whose points are picked")
+    ap.add_argument("--marginal", action="store_true",
+                    help="its marginal points (the layer's own bits) instead")
     args = ap.parse_args(argv[:cut])
-    anchors, points = load_points(args.rd_json, args.kind)
+    anchors, points = load_points(args.rd_json, args.kind, args.marginal)
     curves = {}
     for spec in argv[cut + 1:]:
         name, _, suffixes = spec.partition("=")

@@ -42,6 +42,11 @@ def test_rounds_are_compared_point_by_point(tmp_path: Path, capsys) -> None:
     half = mod.pick(points, [f"b-{i}.icmpkg" for i in range(4)])
     assert [p.bpp for p in half] == pytest.approx([0.1, 0.2, 0.4, 0.8])
     assert mod.bd_rate(anchors["JPEG"], half) == pytest.approx(-50.0, abs=0.1)
+    rd["marginal"] = {"single-layer": [_point(0.05, 26.0, "/m/x.icmpkg"),
+                                       _point(0.1, 28.0, "/m/y.icmpkg")]}
+    path.write_text(json.dumps(rd))
+    _, own = mod.load_points([path], "single-layer", marginal=True)
+    assert [p.bpp for p in mod.pick(own, ["x.icmpkg", "y.icmpkg"])] == [0.05, 0.1]
     with pytest.raises(SystemExit, match="no single-layer point matches"):
         mod.main([str(path), "--", "c=nothing.icmpkg"])
     with pytest.raises(SystemExit, match="cannot read the curves"):
