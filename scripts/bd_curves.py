@@ -69,7 +69,8 @@ def table(curves: dict[str, list[RDPoint]], anchors: dict[str, list[RDPoint]]) -
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if "--" not in argv:
-        raise SystemExit("usage: bd_curves.py RD_JSON... [--kind FAMILY] -- NAME=SUFFIX,... ...")
+        raise SystemExit("usage: bd_curves.py RD_JSON... [--kind CURVE] [--marginal] -- "
+                         "NAME=SUFFIX,... ...")
     cut = argv.index("--")
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("rd_json", nargs="+", type=Path)
