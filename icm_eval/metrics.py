@@ -30,12 +30,20 @@ def ms_ssim(a: np.ndarray, b: np.ndarray) -> float:
     return float(_ms(ta, tb, data_range=255.0))
 
 
-def bd_rate(anchor: Sequence[RDPoint], test: Sequence[RDPoint]) -> float:
+def bd_rate(anchor: Sequence[RDPoint], test: Sequence[RDPoint],
+            interpolation: str = "pchip") -> float:
     """Bjøntegaard delta rate (%) of ``test`` against ``anchor`` over their common PSNR range,
     with monotone piecewise-cubic interpolation of log-rate over PSNR. Negative = fewer bits.
     Dominated points (more bits, no more PSNR than another point) are left out; NaN when a curve
-    keeps fewer than two points or the curves share no PSNR range."""
+    keeps fewer than two points or the curves share no PSNR range.
+
+    ``interpolation="linear"`` joins the points with straight lines instead: the cross-check
+    for curves of two or three points, where one point that adds little PSNR for many bits
+    bends a cubic's neighbouring segment and moves the figure by points (docs/rd-report.md)."""
     from scipy.interpolate import PchipInterpolator
+
+    if interpolation not in ("pchip", "linear"):
+        raise ValueError(f"interpolation must be 'pchip' or 'linear', not {interpolation!r}")
 
     def curve(points: Sequence[RDPoint]) -> tuple[np.ndarray, np.ndarray]:
         # the Pareto front only: a point that costs more bits than another for no more PSNR
@@ -55,5 +63,8 @@ def bd_rate(anchor: Sequence[RDPoint], test: Sequence[RDPoint]) -> float:
     if hi - lo < 1e-6:
         return math.nan
     grid = np.linspace(lo, hi, 200)
-    fa, ft = PchipInterpolator(pa, ra)(grid), PchipInterpolator(pt, rt)(grid)
+    if interpolation == "linear":
+        fa, ft = np.interp(grid, pa, ra), np.interp(grid, pt, rt)
+    else:
+        fa, ft = PchipInterpolator(pa, ra)(grid), PchipInterpolator(pt, rt)(grid)
     return float((math.exp(np.trapz(ft - fa, grid) / (hi - lo)) - 1) * 100)

@@ -4,7 +4,7 @@
 other grouping) needs curves made of some of those points. This picks them by the package path
 (a suffix of the point's `extra.model`) from one or more rd.json files of the same images and
 prints each curve's points and its BD-rate (PSNR) against JPEG / WebP / AVIF and every other
-curve:
+curve, each with its linear-interpolation cross-check in brackets:
 
     python scripts/bd_curves.py out/rd-s13-single/rd.json -- \
         r4=single-gdn-l0.0035.icmpkg,l0.013-r4.icmpkg,l0.0483-r4.icmpkg \
@@ -62,7 +62,10 @@ def table(curves: dict[str, list[RDPoint]], anchors: dict[str, list[RDPoint]]) -
     for name, pts in curves.items():
         others = {**anchors, **{n: c for n, c in curves.items() if n != name}}
         lines.append(f"{name} BD-rate: " + ", ".join(
-            f"vs {n} {bd_rate(c, pts):+.1f} %" for n, c in others.items()))
+            f"vs {n} {bd_rate(c, pts):+.1f} % ({bd_rate(c, pts, 'linear'):+.1f})"
+            for n, c in others.items()))
+    lines.append("(in brackets: the same with straight lines between the points; a large gap "
+                 "means a point that adds little PSNR bends the cubic)")
     return lines
 
 

@@ -223,3 +223,24 @@ def test_bd_rate_ignores_dominated_points() -> None:
     assert bd_rate(anchor, worse) == pytest.approx(-50.0, abs=1e-6)
     # two points of which one dominates the other: one point left, no BD-rate
     assert math.isnan(bd_rate(anchor, _curve([0.35, 0.6], [31.0, 30.0])))
+
+
+def test_linear_bd_rate_is_not_bent_by_a_point_that_adds_almost_nothing() -> None:
+    """The shipped DC curve's case (docs/rd-report.md, session 14): a third point 0.15 dB above
+    the second for 15 % more bits moved the cubic reading by 7 points; straight lines move by
+    the share of the range that point adds."""
+    jpeg = _curve([0.221, 0.327, 0.423, 0.508, 0.66, 0.786, 0.906, 1.037],
+                  [23.85, 26.67, 28.14, 29.14, 30.49, 31.42, 32.17, 32.91])
+    two = _curve([0.492, 0.878], [28.84, 30.52])
+    three = _curve([0.492, 0.878, 1.008], [28.84, 30.52, 30.67])
+    cubic_jump = bd_rate(jpeg, three) - bd_rate(jpeg, two)
+    linear_jump = bd_rate(jpeg, three, "linear") - bd_rate(jpeg, two, "linear")
+    assert cubic_jump < -5.0
+    assert abs(linear_jump) < 2.0
+    # on points whose log-rate is linear in PSNR both readings agree
+    anchor = _curve([0.25, 0.5, 1.0], [28.0, 31.0, 34.0])
+    half = _curve([0.125, 0.25, 0.5], [28.0, 31.0, 34.0])
+    assert bd_rate(anchor, half, "linear") == pytest.approx(-50.0, abs=1e-6)
+    assert bd_rate(anchor, half) == pytest.approx(-50.0, abs=1e-6)
+    with pytest.raises(ValueError, match="interpolation"):
+        bd_rate(anchor, half, "spline")
