@@ -67,13 +67,17 @@ def _eval_rd(args: argparse.Namespace) -> int:
     out = Path(args.out)
     path = write_report(result, out)
     plots = plot(result, out)
+    linear = result["bd_rate_linear_percent"]
     for name, bd in result["bd_rate_percent"].items():
-        txt = ", ".join(f"vs {a}: {v:+.1f}%" for a, v in bd.items())
+        txt = ", ".join(f"vs {a}: {v:+.1f}% ({linear[name][a]:+.1f})" for a, v in bd.items())
         print(f"{name:22s} BD-rate {txt}")
     for row in result["psnr_by_lambda_m"]:
         print(f"λ={row['lambda']:g} m={row['m']}: {row['bpp']:.3f} bpp, {row['psnr']:.2f} dB")
+    marginal_linear = result["marginal_bd_rate_linear_percent"]
     for name, bd in result["marginal_bd_rate_percent"].items():
-        txt = ", ".join(f"vs {a}: {v:+.1f}%" for a, v in bd.items())
+        txt = ", ".join(f"vs {a}: {v:+.1f}% ({marginal_linear[name][a]:+.1f})"
+                        for a, v in bd.items())
         print(f"{name} layer bits only: BD-rate {txt}")
+    print("(in brackets: straight lines between the points; docs/rd-report.md on reading them)")
     print(f"wrote {path} and {', '.join(str(p) for p in plots)}")
     return 0

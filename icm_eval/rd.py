@@ -176,12 +176,15 @@ def evaluate(images: Sequence[tuple[str, np.ndarray]], *, bases: Sequence[Path] 
     for v in curves.values():
         v.sort(key=lambda x: x.bpp)
 
-    bd = {}
+    bd, bd_linear = {}, {}
     for name, pts in curves.items():
         learned = [c for c in curves if c.startswith(LEARNED_ANCHORS) and name not in CLASSICAL
                    and arch_of.get(c) == arch_of.get(name)]
-        bd[name] = {anchor: bd_rate(curves[anchor], pts) for anchor in
-                    [a for a in CLASSICAL_ANCHORS if a in curves] + learned if anchor != name}
+        anchors = [a for a in [a for a in CLASSICAL_ANCHORS if a in curves] + learned if a != name]
+        bd[name] = {a: bd_rate(curves[a], pts) for a in anchors}
+        # the straight-line reading beside the cubic one: with two or three points a point that
+        # adds little PSNR for many bits bends the cubic (docs/rd-report.md, session 14)
+        bd_linear[name] = {a: bd_rate(curves[a], pts, "linear") for a in anchors}
     table = [{"lambda": p.extra.get("lambda"), "m": p.extra.get("m"), "arch": p.extra.get("arch"),
               "base_lambda": p.extra.get("base_lambda"), "bpp": p.bpp, "psnr": p.psnr,
               "ms_ssim": p.ms_ssim, "params": p.extra.get("params"),
@@ -193,14 +196,19 @@ def evaluate(images: Sequence[tuple[str, np.ndarray]], *, bases: Sequence[Path] 
         pts.sort(key=lambda x: x.bpp)
     marginal_bd = {name: {a: bd_rate(curves[a], pts) for a in ("WebP", "AVIF") if a in curves}
                    for name, pts in marginal.items()}
+    marginal_bd_linear = {name: {a: bd_rate(curves[a], pts, "linear")
+                                 for a in ("WebP", "AVIF") if a in curves}
+                          for name, pts in marginal.items()}
     return {
         "images": [n for n, _ in images],
         "curves": {k: [asdict(p) for p in v] for k, v in curves.items()},
         "machine": [asdict(p) for p in curves_machine],
         "bd_rate_percent": bd,
+        "bd_rate_linear_percent": bd_linear,
         "psnr_by_lambda_m": table,
         "marginal": {k: [asdict(p) for p in v] for k, v in marginal.items()},
         "marginal_bd_rate_percent": marginal_bd,
+        "marginal_bd_rate_linear_percent": marginal_bd_linear,
     }
 
 
@@ -288,13 +296,15 @@ def markdown(result: dict) -> str:
                    ) + list(dict.fromkeys(a for r in bd.values() for a in r
                                           if a not in CLASSICAL_ANCHORS))
     if anchors:
+        linear = result.get("bd_rate_linear_percent", {})
         out += ["", "### BD-rate (%, PSNR; negative = fewer bits than the anchor; '-' = fewer "
-                "than two non-dominated points, or no common PSNR range)\n",
+                "than two non-dominated points, or no common PSNR range; in brackets: straight "
+                "lines between the points instead of the monotone cubic)\n",
                 "| codec | " + " | ".join(f"vs {a}" for a in anchors) + " |",
                 "|---|" + "---|" * len(anchors)]
         for name, row in bd.items():
-            out.append(f"| {name} | " + " | ".join(_f(row.get(a), "+.1f") for a in anchors)
-                       + " |")
+            out.append(f"| {name} | " + " | ".join(
+                _bd_cell(row.get(a), linear.get(name, {}).get(a)) for a in anchors) + " |")
     if result["psnr_by_lambda_m"]:
         out += ["", "### Scalable codec: human-image PSNR by enhancement λ and m\n",
                 "| arch | enhancement λ | m | base λ | parameters | steps | total bpp | PSNR dB | "
@@ -312,12 +322,20 @@ def markdown(result: dict) -> str:
                 "|---|---|---|---|---|---|"]
         for name, pts in result["marginal"].items():
             bdm = result["marginal_bd_rate_percent"].get(name, {})
+            bdl = result.get("marginal_bd_rate_linear_percent", {}).get(name, {})
             for i, p in enumerate(pts):
-                extra = (f"{_f(bdm.get('WebP'), '+.1f')} | {_f(bdm.get('AVIF'), '+.1f')}"
-                         if i == 0 else " | ")
+                extra = (f"{_bd_cell(bdm.get('WebP'), bdl.get('WebP'))} | "
+                         f"{_bd_cell(bdm.get('AVIF'), bdl.get('AVIF'))}" if i == 0 else " | ")
                 out.append(f"| {name} | {p['label']} | {p['bpp']:.3f} | {p['psnr']:.2f} | "
                            f"{extra} |")
     return "\n".join(out) + "\n"
+
+
+def _bd_cell(cubic: float | None, linear: float | None) -> str:
+    """'+12.3 (+14.0)': the cubic reading, then the straight-line one when there is one."""
+    if linear is None or math.isnan(linear):
+        return _f(cubic, "+.1f")
+    return f"{_f(cubic, '+.1f')} ({linear:+.1f})"
 
 
 def write_report(result: dict, out_dir: Path) -> Path:

@@ -164,6 +164,9 @@ def test_eval_rd_every_kind_and_report(tmp_path: Path, photos) -> None:
     assert set(result["bd_rate_percent"]["scalable (fusion)"]) == {"JPEG", "DC (difference)",
                                                                    "single-layer"}
     assert set(result["bd_rate_percent"]["JPEG"]) == set()
+    # every cubic reading has its straight-line cross-check beside it
+    assert {k: set(v) for k, v in result["bd_rate_linear_percent"].items()} == {
+        k: set(v) for k, v in result["bd_rate_percent"].items()}
     assert result["psnr_by_lambda_m"][0]["m"] == 2
     assert result["psnr_by_lambda_m"][0]["params"] > 0
     enh_only = result["marginal"]["scalable (fusion)"][0]
