@@ -180,7 +180,7 @@ def evaluate(images: Sequence[tuple[str, np.ndarray]], *, bases: Sequence[Path] 
     for name, pts in curves.items():
         learned = [c for c in curves if c.startswith(LEARNED_ANCHORS) and name not in CLASSICAL
                    and arch_of.get(c) == arch_of.get(name)]
-        anchors = [a for a in [a for a in CLASSICAL_ANCHORS if a in curves] + learned if a != name]
+        anchors = [a for a in (*CLASSICAL_ANCHORS, *learned) if a in curves and a != name]
         bd[name] = {a: bd_rate(curves[a], pts) for a in anchors}
         # the straight-line reading beside the cubic one: with two or three points a point that
         # adds little PSNR for many bits bends the cubic (docs/rd-report.md, session 14)

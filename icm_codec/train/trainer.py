@@ -403,15 +403,21 @@ def _train(cfg: TrainConfig, out: Path, progress: bool) -> Path:
             return export(model, cfg, out / "model.icmpkg", step=step, wall=wall,
                           n_train=len(train_s), schedule=schedule, init=init, zs=zs)
 
+    def validated() -> tuple[dict, float | None]:
+        """The weight average's validation row, and the guard's objective when it has one."""
+        with ema.applied(model):
+            row = _validate(model, ref, val, cfg.lmbda, cfg.device)
+        return row, (validation_objective(row, cfg.lmbda, use_mask)
+                     if row.get("val_bpp") is not None else None)
+
     guard = DivergenceGuard({"model": model, "opt": opt, "aux_opt": aux_opt, "ema": ema},
                             cfg.divergence_tolerance)
     if guard.tolerance and step < cfg.steps:
         # the state a run starts from (warm start or checkpoint) is the first one to go back
         # to: a resumed run that blew up before its first validation had nothing to restore
-        with ema.applied(model):
-            start = _validate(model, ref, val, cfg.lmbda, cfg.device)
-        if start.get("val_bpp") is not None:
-            guard.check(validation_objective(start, cfg.lmbda, use_mask), step)
+        _, start = validated()
+        if start is not None:
+            guard.check(start, step)
     model.train()
     last_ckpt = last_export = time.monotonic()
     bar = tqdm(total=cfg.steps, initial=step, desc=f"train {cfg.kind} λ={cfg.lmbda:g}",
@@ -434,10 +440,8 @@ def _train(cfg: TrainConfig, out: Path, progress: bool) -> Path:
             row = {"step": step, "loss": float(terms["loss"]), "bpp": float(terms["bpp"]),
                    "mse": float(terms["mse"]), "psnr": p, "lr": lr, "aux": float(terms["aux"])}
             if step % cfg.val_every == 0 or step == cfg.steps:
-                with ema.applied(model):
-                    row |= _validate(model, ref, val, cfg.lmbda, cfg.device)
-                objective = validation_objective(row, cfg.lmbda, use_mask) if row.get(
-                    "val_bpp") is not None else None
+                val_row, objective = validated()
+                row |= val_row
                 if objective is not None and guard.check(objective, step):
                     back = guard.restore()
                     schedule = dataclasses.replace(schedule, peak=schedule.peak / 2)
