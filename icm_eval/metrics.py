@@ -31,7 +31,8 @@ def ms_ssim(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def bd_rate(anchor: Sequence[RDPoint], test: Sequence[RDPoint],
-            interpolation: str = "pchip") -> float:
+            interpolation: str = "pchip",
+            psnr_range: tuple[float, float] | None = None) -> float:
     """Bjøntegaard delta rate (%) of ``test`` against ``anchor`` over their common PSNR range,
     with monotone piecewise-cubic interpolation of log-rate over PSNR. Negative = fewer bits.
     Dominated points (more bits, no more PSNR than another point) are left out; NaN when a curve
@@ -39,7 +40,12 @@ def bd_rate(anchor: Sequence[RDPoint], test: Sequence[RDPoint],
 
     ``interpolation="linear"`` joins the points with straight lines instead: the cross-check
     for curves of two or three points, where one point that adds little PSNR for many bits
-    bends a cubic's neighbouring segment and moves the figure by points (docs/rd-report.md)."""
+    bends a cubic's neighbouring segment and moves the figure by points (docs/rd-report.md).
+
+    ``psnr_range=(lo, hi)`` averages over that PSNR interval only (within the common range):
+    the common range moves whenever a curve gains or loses an end point, and with it the
+    figure (JPEG is far weaker at 26 dB than at 30), so two curves of different spans are
+    compared fairly over one fixed interval."""
     from scipy.interpolate import PchipInterpolator
 
     if interpolation not in ("pchip", "linear"):
@@ -60,6 +66,8 @@ def bd_rate(anchor: Sequence[RDPoint], test: Sequence[RDPoint],
     if len(pa) < 2 or len(pt) < 2:
         return math.nan
     lo, hi = max(pa.min(), pt.min()), min(pa.max(), pt.max())
+    if psnr_range is not None:
+        lo, hi = max(lo, psnr_range[0]), min(hi, psnr_range[1])
     if hi - lo < 1e-6:
         return math.nan
     grid = np.linspace(lo, hi, 200)

@@ -13,6 +13,8 @@ curve, each with its linear-interpolation cross-check in brackets:
 `--kind` picks another curve of rd.json by its name there (e.g. a DC or enhancement curve);
 the default is the single-layer codec's. `--marginal` takes that curve's marginal points
 instead (the human layer's own bits, without the base), as `eval-rd`'s marginal table does.
+`--psnr-range LO HI` averages over that interval only: a curve that gains a lower point also
+gains range where JPEG is weakest, so rounds of different spans are compared over one interval.
 """
 
 from __future__ import annotations
@@ -55,15 +57,20 @@ def pick(points: list[RDPoint], suffixes: list[str]) -> list[RDPoint]:
     return sorted(chosen.values(), key=lambda p: p.bpp)
 
 
-def table(curves: dict[str, list[RDPoint]], anchors: dict[str, list[RDPoint]]) -> list[str]:
+def table(curves: dict[str, list[RDPoint]], anchors: dict[str, list[RDPoint]],
+          psnr_range: tuple[float, float] | None = None) -> list[str]:
     lines = []
     for name, pts in curves.items():
         lines.append(f"{name}: " + "  ".join(f"{p.bpp:.3f} bpp / {p.psnr:.2f} dB" for p in pts))
     for name, pts in curves.items():
         others = {**anchors, **{n: c for n, c in curves.items() if n != name}}
         lines.append(f"{name} BD-rate: " + ", ".join(
-            f"vs {n} {bd_rate(c, pts):+.1f} % ({bd_rate(c, pts, 'linear'):+.1f})"
+            f"vs {n} {bd_rate(c, pts, psnr_range=psnr_range):+.1f} % "
+            f"({bd_rate(c, pts, 'linear', psnr_range):+.1f})"
             for n, c in others.items()))
+    if psnr_range:
+        lines.append(f"(every BD-rate over {psnr_range[0]:g}–{psnr_range[1]:g} dB only, within "
+                     "the two curves' common range)")
     lines.append("(in brackets: the same with straight lines between the points; a large gap "
                  "means a point that adds little PSNR bends the cubic)")
     return lines
@@ -81,7 +88,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="the rd.json curve whose points are picked")
     ap.add_argument("--marginal", action="store_true",
                     help="its marginal points (the layer's own bits) instead")
+    ap.add_argument("--psnr-range", nargs=2, type=float, metavar=("LO", "HI"),
+                    help="average over this PSNR interval only (within each common range): "
+                         "compares curves of different spans over one fixed interval")
     args = ap.parse_args(argv[:cut])
+    if args.psnr_range and not args.psnr_range[0] < args.psnr_range[1]:
+        ap.error(f"--psnr-range needs LO < HI, got {args.psnr_range}")
     anchors, points = load_points(args.rd_json, args.kind, args.marginal)
     curves = {}
     for spec in argv[cut + 1:]:
@@ -90,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         if not name or not pts:
             raise SystemExit(f"{spec!r}: no {args.kind} point matches (NAME=SUFFIX,SUFFIX,...)")
         curves[name] = pts
-    print("\n".join(table(curves, anchors)))
+    print("\n".join(table(curves, anchors, tuple(args.psnr_range) if args.psnr_range else None)))
     return 0
 
 

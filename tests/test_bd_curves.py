@@ -47,6 +47,11 @@ def test_rounds_are_compared_point_by_point(tmp_path: Path, capsys) -> None:
     path.write_text(json.dumps(rd))
     _, own = mod.load_points([path], "single-layer", marginal=True)
     assert [p.bpp for p in mod.pick(own, ["x.icmpkg", "y.icmpkg"])] == [0.05, 0.1]
+    assert mod.main([str(path), "--psnr-range", "28", "30", "--", "b=.icmpkg"]) == 0
+    out = capsys.readouterr().out
+    assert "b BD-rate: vs JPEG -50.0 %" in out and "over 28–30 dB only" in out
+    with pytest.raises(SystemExit):
+        mod.main([str(path), "--psnr-range", "30", "28", "--", "b=.icmpkg"])
     with pytest.raises(SystemExit, match="no single-layer point matches"):
         mod.main([str(path), "--", "c=nothing.icmpkg"])
     with pytest.raises(SystemExit, match="cannot read the curves"):

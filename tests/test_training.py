@@ -135,6 +135,22 @@ def test_bd_rate() -> None:
     assert math.isnan(bd_rate(anchor, _curve([1, 2], [40, 41])))
 
 
+def test_bd_rate_over_a_fixed_psnr_range() -> None:
+    """A curve that is twice as good below 30 dB and level with the anchor above 32 dB: its
+    figure depends on where it is read, and a fixed interval reads the same whatever the
+    curves' own spans."""
+    anchor = _curve([0.25, 0.5, 1.0, 2.0], [28.0, 30.0, 32.0, 34.0])
+    test = _curve([0.0625, 0.125, 0.25, 1.0, 2.0], [26.0, 28.0, 30.0, 32.0, 34.0])
+    whole = bd_rate(anchor, test, "linear")
+    assert -50.0 < whole < 0.0
+    assert bd_rate(anchor, test, "linear", (28.0, 30.0)) == pytest.approx(-50.0, abs=1e-6)
+    assert bd_rate(anchor, test, "linear", (32.0, 34.0)) == pytest.approx(0.0, abs=1e-6)
+    # clipped to the common range (the anchor starts at 28 dB), never extrapolated
+    assert bd_rate(anchor, test, "linear", (20.0, 30.0)) == pytest.approx(-50.0, abs=1e-6)
+    assert bd_rate(anchor, test, "linear", (20.0, 99.0)) == pytest.approx(whole)
+    assert math.isnan(bd_rate(anchor, test, psnr_range=(35.0, 40.0)))
+
+
 def test_eval_rd_every_kind_and_report(tmp_path: Path, photos) -> None:
     """eval-rd end to end on seeded packages of every kind: real bytes, all four learned curves,
     BD-rates against the classical anchors and between the learned codecs, and the Markdown."""
