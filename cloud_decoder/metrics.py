@@ -37,6 +37,9 @@ class CloudMetrics:
                                         "batch", buckets=b, registry=r)
         self.analytics_seconds = Histogram("icm_cloud_analytics_seconds", "Detector time per "
                                            "batch", ["model"], buckets=b, registry=r)
+        self.commit_seconds = Histogram("icm_cloud_commit_seconds", "Time to store a batch's "
+                                        "frames durably (one transaction; waits for a database "
+                                        "that is away not counted)", buckets=b, registry=r)
         self.frames_analysed = Counter("icm_cloud_frames_analysed", "Frames analysed per "
                                        "detector, by the weights that ran (stock, or adapted to "
                                        "the frame's base model)", ["model", "weights"],

@@ -214,7 +214,11 @@ class IngestPipeline:
         if switched:  # every instance answers ListCameras from the database, not the session
             self._store_call(lambda: self.store.set_base_models(switched))
         rows = self._analyse(todo)
-        new = self._store_call(lambda: self.store.add_frames(rows)) if rows else []
+        new: list[bool] = []
+        if rows:
+            t0, waited = time.perf_counter(), self._waited
+            new = self._store_call(lambda: self.store.add_frames(rows))
+            m.commit_seconds.observe(time.perf_counter() - t0 - (self._waited - waited))
         stored_us = now_us()
         for row, is_new in zip(rows, new, strict=True):
             if not is_new:

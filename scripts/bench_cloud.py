@@ -7,7 +7,10 @@ cloud process's CPU and peak memory, with
 
 - the no-op decoder (container check + database only: what the service itself costs), and
 - the real decoder + detector, sent one frame at a time, compared with the time that decode +
-  detection take on their own in this process (the service's overhead).
+  detection take on their own in this process (the service's overhead), and that run's
+  capture-to-ack time split by the cloud's own clocks (its Prometheus metrics): decode,
+  detection, commit, the rest of the ingest batch (container check, thumbnail, duplicate
+  lookup) and what lies outside the ingest worker (gRPC both ways, the queue, the ack).
 
     python scripts/bench_cloud.py --video ../shared/data/video/vtest.avi \
         --weights-dir ../shared/assets/detectors [--cameras 8] [--seconds 20]
@@ -16,6 +19,7 @@ cloud process's CPU and peak memory, with
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import socket
 import statistics
@@ -57,11 +61,12 @@ def _free_port() -> int:
 
 
 class CloudProcess:
-    def __init__(self, args: list[str], tmp: Path) -> None:
+    def __init__(self, args: list[str], tmp: Path, metrics: bool = False) -> None:
         self.port = _free_port()
+        self.metrics_port = _free_port() if metrics else -1
         cmd = [sys.executable, "-m", "icm_app", "cloud", "--listen",
                f"127.0.0.1:{self.port}", "--db", str(tmp / f"cloud-{self.port}.sqlite3"),
-               "--metrics-port", "-1", "--log-level", "warning", *args]
+               "--metrics-port", str(self.metrics_port), "--log-level", "warning", *args]
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL)
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -86,6 +91,20 @@ class CloudProcess:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
         return float("nan")
+
+    def samples(self) -> dict[str, float]:
+        """The cloud's metrics now: sample name -> value, summed over label sets."""
+        import urllib.request
+
+        from prometheus_client.parser import text_string_to_metric_families
+
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        text = urllib.request.urlopen(url, timeout=10).read().decode()
+        out: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                out[sample.name] = out.get(sample.name, 0.0) + sample.value
+        return out
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -134,13 +153,20 @@ def _camera(port: int, name: str, layers: list[bytes], stop_at: float, window: i
                 cond.notify_all()
 
 
+_RUNS = itertools.count(1)
+
+
 def run_load(cloud: CloudProcess, layers: list[bytes], cameras: int, seconds: float,
              window: int, one_at_a_time: bool = False, limit: int = 0) -> dict[str, float]:
+    """Every run streams as cameras of its own: frame ids restart at 1 for each camera, and a
+    camera name used before (the warm-up's) would make them re-sends, acked as duplicates
+    without being decoded or stored."""
+    run = next(_RUNS)
     lat: list[float] = []
     counts: list[int] = []
     cpu0 = cloud.cpu_seconds()
     t0 = time.monotonic()
-    threads = [threading.Thread(target=_camera, args=(cloud.port, f"sim-{k}", layers,
+    threads = [threading.Thread(target=_camera, args=(cloud.port, f"sim{run}-{k}", layers,
                                                       t0 + seconds, window, lat, counts,
                                                       one_at_a_time, limit))
                for k in range(cameras)]
@@ -149,8 +175,9 @@ def run_load(cloud: CloudProcess, layers: list[bytes], cameras: int, seconds: fl
     for t in threads:
         t.join()
     wall = time.monotonic() - t0
+    mean = sum(lat) / len(lat) if lat else float("nan")
     lat.sort()
-    return {"frames": len(lat), "fps": len(lat) / wall,
+    return {"frames": len(lat), "fps": len(lat) / wall, "mean_ms": 1e3 * mean,
             "p50_ms": 1e3 * lat[len(lat) // 2] if lat else float("nan"),
             "p99_ms": 1e3 * lat[min(len(lat) - 1, int(0.99 * len(lat)))] if lat else float("nan"),
             "cpu": (cloud.cpu_seconds() - cpu0) / wall, "rss_mb": cloud.peak_rss_mb()}
@@ -202,10 +229,12 @@ def main() -> None:
             det.detect([codec.decode_machine(b)])
             alone.append(time.perf_counter() - t)
         cloud = CloudProcess(["--detectors", args.detector, "--weights-dir", args.weights_dir,
-                              "--threads", "1"], Path(tmp))
+                              "--threads", "1"], Path(tmp), metrics=True)
         try:
             run_load(cloud, layers, 1, 60, 1, one_at_a_time=True, limit=2)  # warm-up
+            before = cloud.samples()
             r = run_load(cloud, layers, 1, 600, 1, one_at_a_time=True, limit=args.real_frames)
+            after = cloud.samples()
             rows.append((f"codec + {args.detector}, 1 in flight", r))
         finally:
             cloud.stop()
@@ -221,6 +250,33 @@ def main() -> None:
     svc = rows[-1][1]["p50_ms"] / 1e3
     print(f"\ndecode + {args.detector} alone (this process, 1 thread): median {1e3 * med:.1f} ms;"
           f" through the service: p50 {1e3 * svc:.1f} ms -> overhead {100 * (svc / med - 1):+.1f}%")
+    print("\n" + "\n".join(latency_split(before, after, rows[-1][1]["mean_ms"])))
+
+
+def latency_split(before: dict[str, float], after: dict[str, float], mean_ms: float
+                  ) -> list[str]:
+    """Mean capture-to-ack of the one-in-flight run split by the cloud's own clocks (the
+    differences of its metrics over the run): a Markdown table, ms per frame."""
+    def per_frame(name: str) -> float:
+        return 1e3 * (after.get(name, 0.0) - before.get(name, 0.0)) / frames
+
+    frames = after.get("icm_cloud_batch_frames_sum", 0.0) - before.get(
+        "icm_cloud_batch_frames_sum", 0.0)
+    if frames <= 0:
+        return ["(no ingest batches in the cloud's metrics: no split)"]
+    decode = per_frame("icm_cloud_decode_seconds_sum")
+    detect = per_frame("icm_cloud_analytics_seconds_sum")
+    commit = per_frame("icm_cloud_commit_seconds_sum")
+    busy = per_frame("icm_cloud_ingest_busy_seconds_total")
+    parts = [("decode (the cloud's decoder)", decode), ("detection", detect),
+             ("commit (one transaction)", commit),
+             ("rest of the ingest batch (check, thumbnail, duplicate lookup)",
+              busy - decode - detect - commit),
+             ("outside the ingest worker (gRPC both ways, queue, ack)", mean_ms - busy)]
+    lines = [f"where capture-to-ack goes ({frames:.0f} frames, mean {mean_ms:.1f} ms):", "",
+             "| part | ms per frame | share |", "|---|---|---|"]
+    lines += [f"| {name} | {ms:.1f} | {100 * ms / mean_ms:.0f} % |" for name, ms in parts]
+    return lines
 
 
 if __name__ == "__main__":
