@@ -349,6 +349,35 @@ def test_enhancement_warm_start_begins_at_the_base_quality(tmp_path: Path) -> No
         np.testing.assert_allclose(out["x_hat"], shipped_trunk.g_s(y_base), atol=1e-6)
 
 
+def test_a_wider_model_starts_exactly_where_the_narrower_one_was(tmp_path: Path) -> None:
+    """--init from a narrower package (N 32 -> 48): every tensor is used, the decoded image is
+    the narrower model's, and the new channels are live (their gradients are not zero)."""
+    from icm_codec import load_package, save_package
+    from icm_codec.train.trainer import warm_start
+
+    torch.manual_seed(0)
+    narrow = _small("single", arch="gdn")
+    narrow.freeze()
+    save_package(narrow, tmp_path / "narrow.icmpkg")
+    narrow = load_package(tmp_path / "narrow.icmpkg").model
+    torch.manual_seed(1)
+    wide = create_model(CodecConfig(kind="single", arch="gdn", N=48, hyper_channels=8,
+                                    feature_channels=32, context_channels=16))
+    rec = warm_start(wide, str(tmp_path / "narrow.icmpkg"))
+    assert rec.copied == rec.total
+    x = torch.rand(1, 3, 64, 64)
+    narrow.eval()
+    wide.eval()
+    with torch.no_grad():
+        y_n, y_w = narrow.g_a(x), wide.g_a(x)
+        np.testing.assert_allclose(y_w, y_n, atol=1e-5)
+        np.testing.assert_allclose(wide.g_s(y_n), narrow.g_s(y_n), atol=1e-5)
+    wide.g_s(wide.g_a(x)).square().mean().backward()
+    first = wide.g_a[0].weight       # conv(3, N/4): 8 -> 12 output channels
+    second = wide.g_a[2].weight      # the next convolution's weights from the new channels
+    assert first.shape[0] == 12 and float(second.grad[:, 8:].abs().sum()) > 0
+
+
 # -- the training plan -----------------------------------------------------------------------
 def test_shipped_plan_is_consistent() -> None:
     from icm_codec.train.plan import DEFAULT_PLAN, load_plan

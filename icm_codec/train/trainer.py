@@ -203,6 +203,9 @@ def warm_start(model: LayerCodec, path: str, device: str = "cpu") -> InitRecord:
     held-out photos for base-gdn-l0.013), from a trunk trained separately it is a decoder
     for another latent space (12.1 dB). Weights of the same model id (a run continued
     from its exported package) continue its step count.
+
+    A wider model (a larger ``N``, ``lite``/``gdn`` transforms) is warm-started by
+    :func:`_widen` and starts exactly where the narrower one was.
     """
     state, model_id, digest, meta = _init_state(path, device)
     own = model.state_dict()
@@ -211,6 +214,7 @@ def warm_start(model: LayerCodec, path: str, device: str = "cpu") -> InitRecord:
     with torch.no_grad():
         for k, v in fit.items():
             own[k].copy_(v.to(own[k].dtype))
+        widened = _widen(model, {k: v for k, v in state.items() if k not in fit})
         if model.kind is LayerKind.ENHANCEMENT:
             last = [m for m in model.g_a.modules() if isinstance(m, torch.nn.Conv2d)][-1]
             names = {id(p): n for n, p in model.named_parameters()}
@@ -220,9 +224,38 @@ def warm_start(model: LayerCodec, path: str, device: str = "cpu") -> InitRecord:
     same = model_id == model.config.model_id
     params = {n for n, _ in model.named_parameters()}
     return InitRecord(source=str(path), model_id=model_id, digest=digest,
-                      copied=len(params & set(fit)), total=len(params),
+                      copied=len(params & (set(fit) | widened)), total=len(params),
                       steps=int(meta.get("steps", 0)) if same else 0,
                       wall_s=float(meta.get("wall_s", 0.0)) if same else 0.0)
+
+
+def _widen(model: LayerCodec, state: dict[str, torch.Tensor]) -> set[str]:
+    """Net2Net-style widening of the transforms (g_a, g_s of convolutions and GDN) from a
+    narrower model's tensors: each old tensor fills the leading block of the wider one; the
+    new channels keep their fresh weights, and every convolution's weights *from* a new
+    channel start at zero, so the old channels, and the image, are computed exactly as before
+    while the new ones get gradients from the first step. (A fresh GDN's cross terms are
+    already zero. ``SubpixelUp``'s pixel shuffle takes the leading 4·C channels to the leading
+    C, so leading blocks stay leading.) Returns the names of the widened tensors; tensors of
+    other layers (attention, norms) are left fresh, as before."""
+    from compressai.layers import GDN
+
+    widened: set[str] = set()
+    for prefix in ("g_a", "g_s"):
+        for name, module in getattr(model, prefix).named_modules():
+            if not isinstance(module, torch.nn.Conv2d | GDN):
+                continue
+            for pname, param in module.named_parameters(recurse=False):
+                key = f"{prefix}.{name}.{pname}"
+                old = state.get(key)
+                if old is None or old.dim() != param.dim() or any(
+                        o > n for o, n in zip(old.shape, param.shape, strict=True)):
+                    continue
+                param[tuple(slice(0, o) for o in old.shape)] = old.to(param.dtype)
+                if isinstance(module, torch.nn.Conv2d) and pname == "weight":
+                    param[:, old.shape[1]:] = 0
+                widened.add(key)
+    return widened
 
 
 def _build(cfg: TrainConfig) -> tuple[LayerCodec, LayerCodec | None]:
