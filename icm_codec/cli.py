@@ -270,7 +270,8 @@ def _plan_configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--jobs", type=int, default=2,
                    help="jobs at once (CPU: single-thread processes; 0: all ready jobs)")
-    p.add_argument("--only", nargs="*", help="run only these job ids")
+    p.add_argument("--only", nargs="*", help="run (or compare) only these job ids "
+                   "(space- or comma-separated)")
     p.add_argument("--nice", type=int, default=10, help="niceness of the training processes")
     p.add_argument("--max-minutes", type=float,
                    help="then interrupt the running jobs (each checkpoints and exports)")

@@ -379,6 +379,22 @@ def test_a_wider_model_starts_exactly_where_the_narrower_one_was(tmp_path: Path)
 
 
 # -- the training plan -----------------------------------------------------------------------
+def test_plan_selects_jobs_by_id_lists() -> None:
+    """`--only a b`, `--only a,b` and a mix pick the same jobs, in dependency order; a typo is
+    an error that names it (compare used to answer an empty table)."""
+    from icm_codec.train.plan import DEFAULT_PLAN, load_plan
+
+    plan = load_plan(DEFAULT_PLAN)
+    first, second = (j.id for j in plan.order()[:2])
+    want = [first, second]
+    assert [j.id for j in plan.selected([second, first])] == want
+    assert [j.id for j in plan.selected([f"{second},{first}"])] == want
+    assert [j.id for j in plan.selected([f"{second},", first])] == want
+    assert len(plan.selected(None)) == len(plan.selected([])) == len(plan.jobs)
+    with pytest.raises(ValueError, match="no such job in the plan: \\['nope'\\]"):
+        plan.selected([f"{first},nope"])
+
+
 def test_shipped_plan_is_consistent() -> None:
     from icm_codec.train.plan import DEFAULT_PLAN, load_plan
 

@@ -82,6 +82,16 @@ class Plan:
             pending = [j for j in pending if j not in ready]
         return [self.jobs[j] for j in done]
 
+    def selected(self, only: list[str] | None = None) -> list[Job]:
+        """The jobs ``only`` names (ids, each argument one id or several joined by commas),
+        in dependency order; every job when it names none. An unknown id is an error."""
+        ids = {i for arg in only or [] for i in arg.split(",") if i}
+        unknown = ids - set(self.jobs)
+        if unknown:
+            raise ValueError(f"no such job in the plan: {sorted(unknown)} "
+                             "(`icm plan status` lists the ids)")
+        return [j for j in self.order() if not ids or j.id in ids]
+
 
 def load_plan(path: str | Path = DEFAULT_PLAN, device: str = "cpu",
               steps_scale: float | None = None) -> Plan:
@@ -259,10 +269,7 @@ def _run_plan(plan: Plan, runs: Path, data_root: Path, device: str, jobs: int,
 
     from .trainer import run_in_use
 
-    wanted = [j for j in plan.order() if not only or j.id in only]
-    unknown = set(only or []) - set(plan.jobs)
-    if unknown:
-        raise ValueError(f"no such job in the plan: {sorted(unknown)}")
+    wanted = plan.selected(only)
     runs.mkdir(parents=True, exist_ok=True)
     running: dict[str, subprocess.Popen] = {}
     failed: set[str] = set()
@@ -381,9 +388,9 @@ def compare(plan: Plan, runs: Path, data_root: Path, shipped: Path = SHIPPED,
 
     images = heldout_images([data_root / d for d in next(iter(plan.jobs.values())).data])
     rows = []
-    for job in plan.order():
+    for job in plan.selected(only):
         pkg = runs / job.id / "model.icmpkg"
-        if (only and job.id not in only) or not pkg.is_file():
+        if not pkg.is_file():
             continue
         base = _needed_package(plan, job.base, runs, shipped) if job.base else None
         new = score_package(pkg, images, base)
