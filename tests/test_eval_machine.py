@@ -83,7 +83,7 @@ def test_writes_json_plots_and_report(machine_run: tuple[Path, str]) -> None:
         (["--video", "{video}", "--models", "/no/such/weights.pt"], "not found"),
         (["--video", "{video}", "--base", "missing.icmpkg"], "model package not found"),
         # model ids resolve as in every other command; one of the wrong kind is refused
-        (["--video", "{video}", "--base", "single-gdn-l0.0035"], "not base"),
+        (["--video", "{video}", "--base", "single-gdn-l0.0009-r5d"], "not base"),
         (["--video", "{video}", "--frame-range", "9"], "frame range"),
         (["--video", "{video}", "--frame-range", ":", "--frame-range", "715:"], "once per"),
     ],
