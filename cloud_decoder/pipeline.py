@@ -149,14 +149,18 @@ class IngestPipeline:
                 for it in items:
                     it.session.add_in_flight(-1)
 
-    def _store_call(self, fn: Callable[[], object]) -> object:
+    def _store_call(self, fn: Callable[[], object],
+                    timed: Callable[[float], None] | None = None) -> object:
         """``fn()``, retried with backoff while the database is unavailable; gives up (raises)
-        only when the pipeline stops."""
+        only when the pipeline stops. ``timed`` gets the seconds of the try that succeeded
+        (failed tries and backoff waits are not the call's own time)."""
         backoff = Backoff(initial=0.2, maximum=5.0)
         while True:
             tried = time.perf_counter()
             try:
                 result = fn()
+                if timed is not None:
+                    timed(time.perf_counter() - tried)
             except StoreUnavailableError as e:
                 if self.monitor is not None:
                     self.monitor.report(False, str(e))
@@ -214,11 +218,8 @@ class IngestPipeline:
         if switched:  # every instance answers ListCameras from the database, not the session
             self._store_call(lambda: self.store.set_base_models(switched))
         rows = self._analyse(todo)
-        new: list[bool] = []
-        if rows:
-            t0, waited = time.perf_counter(), self._waited
-            new = self._store_call(lambda: self.store.add_frames(rows))
-            m.commit_seconds.observe(time.perf_counter() - t0 - (self._waited - waited))
+        new = self._store_call(lambda: self.store.add_frames(rows),
+                               m.commit_seconds.observe) if rows else []
         stored_us = now_us()
         for row, is_new in zip(rows, new, strict=True):
             if not is_new:

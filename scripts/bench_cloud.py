@@ -257,13 +257,14 @@ def latency_split(before: dict[str, float], after: dict[str, float], mean_ms: fl
                   ) -> list[str]:
     """Mean capture-to-ack of the one-in-flight run split by the cloud's own clocks (the
     differences of its metrics over the run): a Markdown table, ms per frame."""
-    def per_frame(name: str) -> float:
-        return 1e3 * (after.get(name, 0.0) - before.get(name, 0.0)) / frames
-
-    frames = after.get("icm_cloud_batch_frames_sum", 0.0) - before.get(
-        "icm_cloud_batch_frames_sum", 0.0)
+    delta = {name: value - before.get(name, 0.0) for name, value in after.items()}
+    frames = delta.get("icm_cloud_batch_frames_sum", 0.0)
     if frames <= 0:
         return ["(no ingest batches in the cloud's metrics: no split)"]
+
+    def per_frame(name: str) -> float:
+        return 1e3 * delta.get(name, 0.0) / frames
+
     decode = per_frame("icm_cloud_decode_seconds_sum")
     detect = per_frame("icm_cloud_analytics_seconds_sum")
     commit = per_frame("icm_cloud_commit_seconds_sum")
