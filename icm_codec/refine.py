@@ -7,8 +7,9 @@ compression", CVPR-W 2019; Yang et al., "Improving inference for neural image co
 NeurIPS 2020). The refined y is then coded by the ordinary exact coder, so the bitstream, the
 decoder and its exactness do not change: only the encoder is slower.
 
-Each step runs the coder's training-mode rate (additive noise, so the rate has a gradient) and
-the synthesis of the straight-through ŷ, and moves y with Adam under a cosine-decayed step size.
+Each step runs the coder's training-mode rate (additive noise, so the rate has a gradient; the
+noise is seeded, so a frame always gives the same bytes) and the synthesis of the
+straight-through ŷ, and moves y with Adam under a cosine-decayed step size.
 The objective is the layer's own human-image loss, R + λ·mse(x, x̂) over the frame's pixels
 (padding excluded), with λ from the package's training record. Base layers are not refined: their
 objective is the edge-masked distortion of SA-ICM, whose mask the encoder does not have.
@@ -44,7 +45,8 @@ class Refinement:
     ``steps``: gradient steps per frame (0: the plain encoder); ``lr``: Adam's initial step size
     (in latent units; decays to 0 over the steps); ``lmbda``: the λ of the objective (default:
     the package's training λ); ``max_pixels``: larger frames are refused (memory);
-    ``progress``: a progress bar per frame (command-line use).
+    ``progress``: a progress bar per frame (command-line use); ``seed``: of the rate's noise,
+    so a frame always refines to the same latent and the same bytes.
     """
 
     steps: int = 50
@@ -52,6 +54,7 @@ class Refinement:
     lmbda: float | None = None
     max_pixels: int = DEFAULT_REFINE_MAX_PIXELS
     progress: bool = False
+    seed: int = 0
 
     def __post_init__(self) -> None:
         if self.steps < 0:
@@ -101,7 +104,11 @@ class Refinement:
         h, w = size if size is not None else x.shape[-2:]
         target = x[..., :h, :w]
         num_pixels = x.shape[-2] * x.shape[-1]
-        with torch.enable_grad():
+        # the noisy rate draws from torch's global generator (inside CompressAI): seed it for
+        # this frame and give the caller's state back, so encodes are reproducible
+        devices = [y.device.index or 0] if y.is_cuda else []
+        with torch.enable_grad(), torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.seed)
             y = y.detach().clone().requires_grad_(True)
             opt = torch.optim.Adam([y], lr=self.lr)
             for step in tqdm(range(self.steps), desc=f"refine {model.config.model_id}",
