@@ -26,7 +26,8 @@ def test_every_shipped_package_verifies_and_records_its_training() -> None:
         pkg = load_package(info.path)  # digest verified on load
         meta = pkg.config.meta
         assert meta["trained"] and meta["steps"] > 0 and meta["data"], info.model_id
-        assert info.path.stat().st_size < 8e6  # a few MB per model
+        # a few MB per model: ~5.4 at the default width N = 128, ~8.7 at N = 192
+        assert info.path.stat().st_size < (10e6 if pkg.config.N > 128 else 6e6)
     defaults = json.loads((SHIPPED_DIR / "index.json").read_text())["defaults"]
     assert set(defaults) >= {"base", "enhancement"}
 
