@@ -40,20 +40,23 @@ def main() -> None:
             dst.unlink()
     pkgs = [(dst, pkg) for dst, pkg in pkgs if dst.exists()]
     id_of = {pkg.digest: pkg.config.model_id for _, pkg in pkgs}
-    rows = []
+    rows = []  # one dict per package: its keys are the card's columns, in order
     for dst, pkg in pkgs:
         m = pkg.config.meta
         base = pkg.config.base_digest
         init = m.get("init") or {}
-        rows.append((pkg.config.model_id, pkg.config.kind, pkg.config.arch, pkg.config.N,
-                     id_of.get(base, base[:16]) if base else "-",
-                     pkg.config.m if pkg.config.kind == "enhancement" else "-",
-                     m.get("lambda"), m.get("mask"), m.get("plan_job", "-"),
-                     init.get("model_id") or "-", m.get("steps"), m.get("wall_s"),
-                     m.get("device"), f"{dst.stat().st_size / 1e6:.2f}", pkg.digest[:16],
-                     ", ".join(Path(d).name for d in m.get("data", []))))
-    rows.sort(key=lambda r: (LayerKind.parse(r[1]).value, float(r[6] or 0), str(r[0])))
-    ids = {r[0] for r in rows}
+        rows.append({
+            "model id": pkg.config.model_id, "kind": pkg.config.kind, "arch": pkg.config.arch,
+            "N": pkg.config.N, "refines": id_of.get(base, base[:16]) if base else "-",
+            "m": pkg.config.m if pkg.config.kind == "enhancement" else "-",
+            "λ": m.get("lambda"), "mask": m.get("mask"), "plan job": m.get("plan_job", "-"),
+            "warm start": init.get("model_id") or "-", "steps": m.get("steps"),
+            "wall s": m.get("wall_s"), "device": m.get("device"),
+            "MB": f"{dst.stat().st_size / 1e6:.2f}", "digest": pkg.digest[:16],
+            "data": ", ".join(Path(d).name for d in m.get("data", []))})
+    rows.sort(key=lambda r: (LayerKind.parse(r["kind"]).value, float(r["λ"] or 0),
+                             str(r["model id"])))
+    ids = {r["model id"] for r in rows}
     defaults = {"base": args.default_base}
     if args.default_enhancement:
         defaults["enhancement"] = args.default_enhancement
@@ -62,17 +65,17 @@ def main() -> None:
             raise SystemExit(f"default {kind} {mid!r} is not among the shipped packages")
     (WEIGHTS / "index.json").write_text(json.dumps({"defaults": defaults}, indent=2) + "\n")
     card = WEIGHTS / "README.md"
-    head = ("| model id | kind | arch | N | refines | m | λ | mask | plan job | warm start | "
-            "steps | wall s | device | MB | digest | data |\n|" + "---|" * 16 + "\n")
-    lines = "".join("| " + " | ".join(str(v) for v in r) + " |\n" for r in rows)
+    columns = list(rows[0]) if rows else []
+    head = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
+    lines = "".join("| " + " | ".join(str(r[c]) for c in columns) + " |\n" for r in rows)
     card.write_text(
         "# Shipped model packages\n\nTrained by `icm train` (see docs/training.md); defaults in "
         "`index.json`. A package with a plan job is reproduced by `icm plan run` from "
         "`plan.toml` (its entry gives kind, λ, m, steps, warm start and base); `steps` counts "
         "every step behind the weights, a warm start's own steps not included; `N` is the "
         "transform's width (192: ~2.2× the multiply-adds of 128 in the N × N layers, ~1.6× "
-        "the package); "
-        "`wall s` is the training loop's time on `device` (one thread per job on a CPU).\n\n"
+        "the package); `wall s` is the training loop's time on `device` (one thread per job "
+        "on a CPU).\n\n"
         + head + lines)
     print(card.read_text())
 
